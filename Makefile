@@ -1,0 +1,20 @@
+# The two Quickstart commands: each sets up what is missing (scripts/setup.sh), then runs.
+.PHONY: setup pipeline test lint bench
+
+export HF_HUB_OFFLINE ?= 1
+export DVC_NO_ANALYTICS ?= 1
+
+setup:
+	bash scripts/setup.sh
+
+pipeline: setup
+	. .venv/bin/activate && snakemake --profile workflow/profiles/default all
+
+test: setup
+	. .venv/bin/activate && python -m pytest -q tests
+
+lint: setup
+	. .venv/bin/activate && snakemake --lint
+
+bench: setup
+	. .venv/bin/activate && python benchmarks/bench_world.py

@@ -1,0 +1,131 @@
+"""``text4point``: one subcommand per pipeline stage; every Snakemake rule calls one of them.
+
+Bad input ends the command with one line on stderr (``error: <file or key>: ...``) and exit status 2.
+A stage that is not built yet exits with status 3 and writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import params as P
+from .errors import InputError
+from .fsutil import clean_stale_temporaries, write_json
+
+NOT_BUILT = {  # stage -> the issue that builds it
+    "clip-bootstrap": 3, "correspondences": 3, "clip-features": 3, "pretrain": 4, "finetune": 5, "tables": 5,
+}
+
+
+def _load_params(args) -> dict:
+    if getattr(args, "params_json", None):
+        return P.from_json(args.params_json)
+    return P.load(args.params)
+
+
+def cmd_data(args) -> None:
+    from . import tracking
+
+    cfg = _load_params(args)
+    tracking.check_reachable()  # fail at start, before any work
+    data = cfg["data"]
+    source = data["source"]
+    out = Path(args.out)
+    clean_stale_temporaries(out.parent)
+    t0 = time.perf_counter()
+    from .fsutil import atomic_dir
+
+    with atomic_dir(out) as tmp:
+        if source == "world":
+            from .world.generate import generate_world
+
+            result = generate_world(tmp, data["world"], cfg["seed"], progress=not args.quiet)
+            metrics = result["summary"]
+            detail = result["scenes"]
+        else:
+            from .importers import s3dis, scannet
+
+            importer = {"scannet": scannet.import_scannet, "s3dis": s3dis.import_s3dis}[source]
+            metrics = importer(data[source], tmp, Path(args.downloads), progress=not args.quiet)
+            detail = []
+    metrics = {"source": source, "params_hash": P.params_hash({"seed": cfg["seed"], "data": data}),
+               "seconds_total": round(time.perf_counter() - t0, 2), **metrics}
+    write_json(args.metrics, metrics)
+    with tracking.run("data", {"seed": cfg["seed"], "data": data},
+                      tags={"source": source, "params_hash": metrics["params_hash"]},
+                      experiment_prefix=cfg.get("tracking", {}).get("experiment_prefix", "text4point")):
+        import mlflow
+
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+        mlflow.log_dict({"summary": metrics, "scenes": detail}, "data_stats.json")
+
+
+def cmd_show(args) -> None:
+    from .show import show
+
+    written = show(Path(args.data), Path(args.out_dir), scenes=args.scenes, split=args.split)
+    for p in written:
+        print(p)
+
+
+def cmd_validate(args) -> None:
+    cfg = P.load(args.params)
+    print(f"{args.params}: valid (params hash {P.params_hash(cfg)})")
+
+
+def cmd_not_built(args) -> None:
+    print(f"error: stage '{args.stage}' is not built yet (issue #{NOT_BUILT[args.stage]}); "
+          f"it wrote no output", file=sys.stderr)
+    raise SystemExit(3)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="text4point", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def with_params(p):
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--params", default="params.yaml", help="params.yaml to read (default: ./params.yaml)")
+        g.add_argument("--params-json", help="the parameter sections as JSON (how Snakemake rules pass them)")
+        return p
+
+    p = with_params(sub.add_parser("data", help="generate the offline world or import ScanNet/S3DIS"))
+    p.add_argument("--out", required=True, help="dataset root to write (replaced atomically)")
+    p.add_argument("--metrics", required=True, help="metrics JSON to write")
+    p.add_argument("--downloads", default="data/downloads", help="where archives are downloaded/extracted")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("show", help="PNG previews: a scene's points by class and a frame's colour/depth/labels")
+    p.add_argument("--data", required=True, help="dataset root")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--split", default="val")
+    p.add_argument("--scenes", type=int, default=1)
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("validate-params", help="check params.yaml against the schema")
+    p.add_argument("params", nargs="?", default="params.yaml")
+    p.set_defaults(func=cmd_validate)
+
+    for stage in NOT_BUILT:
+        p = with_params(sub.add_parser(stage, help=f"(not built yet: issue #{NOT_BUILT[stage]})"))
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=cmd_not_built, stage=stage)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""params.yaml: loading, validation against workflow/schemas/params.schema.yaml, defaults, hashing.
+
+Validation errors are one line naming the key and what is allowed, e.g.
+``params.yaml: data.world.frames_per_scene: expected an integer >= 2, got 0``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import InputError
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = ROOT / "workflow" / "schemas" / "params.schema.yaml"
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _allowed(err: jsonschema.ValidationError) -> str:
+    s, v = err.schema, err.validator
+    if v == "additionalProperties":
+        allowed = sorted(s.get("properties", {}))
+        return f"one of the known keys {allowed}"
+    if v == "enum":
+        return f"one of {s['enum']}"
+    if v == "type":
+        t = s["type"]
+        return "a value of type " + (" or ".join(t) if isinstance(t, list) else t)
+    if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        parts = []
+        for k, op in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")):
+            if k in s:
+                parts.append(f"{op} {s[k]}")
+        return "a value " + " and ".join(parts)
+    if v in ("minItems", "maxItems"):
+        return f"a list of {s.get('minItems', 0)} to {s.get('maxItems', 'any number of')} items"
+    if v == "required":
+        return f"the keys {s['required']}"
+    if v == "uniqueItems":
+        return "a list without repeated items"
+    if v == "pattern":
+        return f"a string matching {s['pattern']}"
+    if v == "minLength":
+        return "a non-empty string"
+    return f"a value satisfying '{v}: {err.validator_value}'"
+
+
+def _one_line(err: jsonschema.ValidationError, source: str) -> str:
+    path = list(err.absolute_path)
+    if err.validator == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        key = _key(path + [extra[0]]) if extra else _key(path)
+        return f"{source}: {key}: unknown key; expected {_allowed(err)}"
+    if err.validator == "required":
+        missing = [k for k in err.schema["required"] if k not in err.instance]
+        return f"{source}: {_key(path + missing[:1])}: missing; it is required"
+    return f"{source}: {_key(path)}: expected {_allowed(err)}, got {err.instance!r}"
+
+
+def _fill_defaults(node: dict, sch: dict) -> None:
+    for key, sub in sch.get("properties", {}).items():
+        if key not in node and "default" in sub:
+            node[key] = copy.deepcopy(sub["default"])
+        if isinstance(node.get(key), dict) and sub.get("type") == "object":
+            _fill_defaults(node[key], sub)
+
+
+def validate(cfg: dict, source: str = "params.yaml", sections_only: bool = False) -> dict:
+    """Validate ``cfg`` and return a copy with schema defaults filled in.
+
+    ``sections_only``: ``cfg`` holds only some top-level sections (as Snakemake passes a rule the
+    sections it reads); each present section is validated, missing ones are not required.
+    """
+    if not isinstance(cfg, dict):
+        raise InputError(f"{source}: expected a mapping of parameter sections, got {type(cfg).__name__}")
+    cfg = copy.deepcopy(cfg)
+    sch = schema()
+    if sections_only:
+        sch = dict(sch, required=[])
+    errors = sorted(jsonschema.Draft202012Validator(sch).iter_errors(cfg),
+                    key=lambda e: (len(list(e.absolute_path)), list(map(str, e.absolute_path))))
+    if errors:
+        # The deepest, most specific error names the offending key best; report the first one.
+        deepest = max(errors, key=lambda e: len(list(e.absolute_path)))
+        raise InputError(_one_line(deepest, source))
+    _fill_defaults(cfg, sch)
+    return cfg
+
+
+def load(path: str | os.PathLike = "params.yaml") -> dict:
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{p}: file not found") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise InputError(f"{p}: not valid YAML{where}") from None
+    return validate(raw or {}, str(p))
+
+
+def from_json(text: str) -> dict:
+    """Sections passed by a Snakemake rule as JSON (validated section by section)."""
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"--params-json: not valid JSON ({e.msg})") from None
+    return validate(cfg, "--params-json", sections_only=True)
+
+
+def params_hash(cfg: Any) -> str:
+    """Short stable hash of (a part of) the resolved parameters, recorded with every output."""
+    blob = json.dumps(cfg, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
