@@ -55,6 +55,15 @@ def cmd_data(args) -> None:
     metrics = {"source": source, "params_hash": P.params_hash({"seed": cfg["seed"], "data": data}),
                "seconds_total": round(time.perf_counter() - t0, 2), **metrics}
     write_json(args.metrics, metrics)
+    if args.scene_stats:
+        import pandas as pd
+
+        from .fsutil import atomic_path
+
+        table = pd.DataFrame(detail, columns=["scene_id", "split", "room_type", "points", "objects", "frames",
+                                               "invalid_poses", "valid_depth_fraction", "seconds"])
+        with atomic_path(args.scene_stats) as tmp:
+            table.to_csv(tmp, index=False)
     with tracking.run("data", {"seed": cfg["seed"], "data": data},
                       tags={"source": source, "params_hash": metrics["params_hash"]},
                       experiment_prefix=cfg.get("tracking", {}).get("experiment_prefix", "text4point")):
@@ -96,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_params(sub.add_parser("data", help="generate the offline world or import ScanNet/S3DIS"))
     p.add_argument("--out", required=True, help="dataset root to write (replaced atomically)")
     p.add_argument("--metrics", required=True, help="metrics JSON to write")
+    p.add_argument("--scene-stats", help="per-scene statistics CSV to write (the world's plot data)")
     p.add_argument("--downloads", default="data/downloads", help="where archives are downloaded/extracted")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_data)
@@ -113,13 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     for stage in NOT_BUILT:
         p = with_params(sub.add_parser(stage, help=f"(not built yet: issue #{NOT_BUILT[stage]})"))
-        p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=cmd_not_built, stage=stage)
     return ap
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.func is not cmd_not_built:  # unbuilt stages take the options Snakemake passes
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         args.func(args)
     except InputError as e:

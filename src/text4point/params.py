@@ -73,10 +73,14 @@ def _one_line(err: jsonschema.ValidationError, source: str) -> str:
     return f"{source}: {_key(path)}: expected {_allowed(err)}, got {err.instance!r}"
 
 
-def _fill_defaults(node: dict, sch: dict) -> None:
+def _fill_defaults(node: dict, sch: dict, create_sections: bool = True) -> None:
+    """Fill schema defaults in place; missing sub-sections are created and filled as well."""
     for key, sub in sch.get("properties", {}).items():
-        if key not in node and "default" in sub:
-            node[key] = copy.deepcopy(sub["default"])
+        if key not in node:
+            if "default" in sub:
+                node[key] = copy.deepcopy(sub["default"])
+            elif sub.get("type") == "object" and create_sections:
+                node[key] = {}
         if isinstance(node.get(key), dict) and sub.get("type") == "object":
             _fill_defaults(node[key], sub)
 
@@ -99,7 +103,7 @@ def validate(cfg: dict, source: str = "params.yaml", sections_only: bool = False
         # The deepest, most specific error names the offending key best; report the first one.
         deepest = max(errors, key=lambda e: len(list(e.absolute_path)))
         raise InputError(_one_line(deepest, source))
-    _fill_defaults(cfg, sch)
+    _fill_defaults(cfg, sch, create_sections=not sections_only)
     return cfg
 
 

@@ -162,7 +162,7 @@ def read_boxes(path: str | os.PathLike) -> list[dict]:
 
 def write_matrix(path: str | os.PathLike, m: np.ndarray) -> None:
     """4x4 matrix as text, one row per line (the SensReader export format; -inf rows stay -inf)."""
-    write_text(path, "\n".join(" ".join(f"{x:.8g}" for x in row) for row in np.asarray(m)) + "\n")
+    write_text(path, "\n".join(" ".join(repr(float(x)) for x in row) for row in np.asarray(m)) + "\n")
 
 
 def read_matrix(path: str | os.PathLike) -> np.ndarray:

@@ -69,7 +69,7 @@ class Room:
         X, Y, H = self.size
         if (lo[:2] < -1e-6).any() or hi[0] > X + 1e-6 or hi[1] > Y + 1e-6 or hi[2] > H:
             return False
-        return all((hi <= o[0] + GAP).any() or (lo >= o[1] - GAP).any() for o in self.occupied)
+        return all((hi <= o[0] + 1e-9).any() or (lo >= o[1] - 1e-9).any() for o in self.occupied)
 
 
 def _quad(p0, p1, p2, p3, toward=None) -> trimesh.Trimesh:
@@ -108,6 +108,12 @@ def _rotation_z(theta: float) -> np.ndarray:
     T = np.eye(4)
     T[:2, :2] = [[c, -s], [s, c]]
     return T
+
+
+def _extent(obj: shapes.Obj, theta: float) -> np.ndarray:
+    """Extent of the object's actual geometry (handles and rods included) after rotating by theta."""
+    pts = np.concatenate([m.vertices for m, _ in obj.parts]) @ _rotation_z(theta)[:3, :3].T
+    return pts.max(0) - pts.min(0)
 
 
 def _place(room: Room, obj: shapes.Obj, theta: float, lo_target: np.ndarray, instance: int) -> dict:
@@ -281,8 +287,9 @@ def _place_object(room: Room, cls: str, rng, windows, placed) -> dict | None:
             w = tub["size"][along]
             obj = shapes.build(cls, (w, size[1], size[2]), rng)
             depth = tub["size"][1 - along]
-            target = _wall_target(k, X, Y, tub_lo[along], w, obj.size[1], 0.0, e=GAP + depth + 0.005)
-            lo, hi = target, target + (_rotated_extent(k, (w, obj.size[1], obj.size[2])))
+            ext = _extent(obj, WALL_THETA[k])
+            target = _wall_target(k, X, Y, tub_lo[along], ext[along], ext[1 - along], 0.0, e=GAP + depth + 0.005)
+            lo, hi = target, target + ext
             if room.free(lo, hi):
                 return _with_wall(_place(room, obj, WALL_THETA[k], target, room.new_instance()), k)
             return None
@@ -290,14 +297,14 @@ def _place_object(room: Room, cls: str, rng, windows, placed) -> dict | None:
             k, (s0, s1, z0, z1, _) = windows[int(rng.integers(len(windows)))]
             side = rng.integers(2)
             s_min = s0 - w - 0.02 if side == 0 else s1 + 0.02
-            wall_dir = _wall_frame(k, X, Y)[1]
             # convert along-wall coordinate to the world coordinate of the AABB minimum
             s_world = _along_to_world(k, X, Y, s_min, w)
-            target = _wall_target(k, X, Y, s_world, w, d, 0.02, e=GAP)
-            lo, hi = target, target + _rotated_extent(k, obj.size)
+            ext = _extent(obj, WALL_THETA[k])
+            along = 0 if k in (0, 2) else 1
+            target = _wall_target(k, X, Y, s_world, ext[along], ext[1 - along], 0.02, e=GAP)
+            lo, hi = target, target + ext
             if room.free(lo, hi):
                 return _with_wall(_place(room, obj, WALL_THETA[k], target, room.new_instance()), k)
-            del wall_dir
             continue
         if spec["wall"]:
             k = int(rng.integers(4))
@@ -308,14 +315,16 @@ def _place_object(room: Room, cls: str, rng, windows, placed) -> dict | None:
             if cls == "picture":
                 z0 = float(rng.uniform(1.3, 1.75) - h / 2)
                 # pictures hang on the wall over low furniture: only their own slab must be free
-            s_world = float(rng.uniform(0.05, L - w - 0.05))
-            target = _wall_target(k, X, Y, s_world, w, d, z0)
-            lo, hi = target, target + _rotated_extent(k, obj.size)
+            ext = _extent(obj, WALL_THETA[k])
+            along = 0 if k in (0, 2) else 1
+            s_world = float(rng.uniform(0.05, L - ext[along] - 0.05))
+            target = _wall_target(k, X, Y, s_world, ext[along], ext[1 - along], z0)
+            lo, hi = target, target + ext
             if room.free(lo, hi):
                 return _with_wall(_place(room, obj, WALL_THETA[k], target, room.new_instance()), k)
         else:
             theta = float(rng.integers(4)) * np.pi / 2
-            ext = np.array([w, d, h]) if int(round(theta / (np.pi / 2))) % 2 == 0 else np.array([d, w, h])
+            ext = _extent(obj, theta)
             anchor = None
             if cls == "chair":
                 hosts = placed.get("table", []) + placed.get("desk", [])
@@ -343,11 +352,6 @@ def _with_wall(box: dict, k: int) -> dict:
     box = dict(box)
     box["wall"] = k
     return box
-
-
-def _rotated_extent(k: int, size) -> np.ndarray:
-    w, d, h = size
-    return np.array([w, d, h]) if k in (0, 2) else np.array([d, w, h])
 
 
 def _along_to_world(k: int, X: float, Y: float, s_min: float, w: float) -> float:

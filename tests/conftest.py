@@ -1,0 +1,59 @@
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "configs" / "tiny.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_params() -> dict:
+    from text4point import params
+
+    return params.load(TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory, tiny_params) -> Path:
+    """The tiny offline world, generated once per test session."""
+    from text4point.world.generate import generate_world
+
+    root = tmp_path_factory.mktemp("world") / "world"
+    generate_world(root, tiny_params["data"]["world"], tiny_params["seed"], progress=False)
+    return root
+
+
+@pytest.fixture()
+def mlflow_sqlite(tmp_path, monkeypatch) -> str:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def project_copy(dst: Path, params_file: Path = TINY) -> Path:
+    """A git repository holding the project's tracked files, with ``params_file`` as params.yaml."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        src = ROOT / f
+        if src.is_file() and not f.startswith(("data/", "results/metrics/", "results/benchmarks/stages/")):
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / f)
+    shutil.copy(params_file, dst / "params.yaml")
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=dst, check=True, env=env, capture_output=True)
+    return dst
+
+
+def load_yaml(p: Path) -> dict:
+    return yaml.safe_load(Path(p).read_text())

@@ -1,0 +1,66 @@
+# Correspondences and frozen CLIP features (issue #3): the stages exist as the DAG's shape; the CLI
+# exits with status 3 and writes nothing until they are built. Directory outputs are represented by
+# a manifest written last (see DATASET in common.smk).
+
+
+rule clip_bootstrap:
+    input:
+        data=DATASET,
+    output:
+        model="models/clip/bootstrap.pt",
+        metrics="results/metrics/clip_bootstrap.json",
+    params:
+        cfg=sections("seed", "clip", "tracking"),
+        root=dirname_of("input", "data"),
+    conda:
+        "../envs/text4point.yaml"
+    log:
+        "logs/clip_bootstrap.log",
+    benchmark:
+        "results/benchmarks/stages/clip_bootstrap.tsv"
+    shell:
+        "text4point clip-bootstrap --params-json {params.cfg:q} --data {params.root} "
+        "--out {output.model} --metrics {output.metrics} > {log} 2>&1"
+
+
+rule correspondences:
+    input:
+        data=DATASET,
+    output:
+        manifest=f"{CORR}/manifest.json",
+        metrics="results/metrics/correspondences.json",
+    params:
+        cfg=sections("seed", "correspondences"),
+        root=dirname_of("input", "data"),
+        out=dirname_of("output", "manifest"),
+    conda:
+        "../envs/text4point.yaml"
+    log:
+        "logs/correspondences.log",
+    benchmark:
+        "results/benchmarks/stages/correspondences.tsv"
+    shell:
+        "text4point correspondences --params-json {params.cfg:q} --data {params.root} "
+        "--out {params.out} --metrics {output.metrics} > {log} 2>&1"
+
+
+rule clip_features:
+    input:
+        data=DATASET,
+        model=clip_model_inputs,
+    output:
+        manifest=f"{FEATURES}/manifest.json",
+        metrics="results/metrics/clip_features.json",
+    params:
+        cfg=sections("seed", "clip", "correspondences"),
+        root=dirname_of("input", "data"),
+        out=dirname_of("output", "manifest"),
+    conda:
+        "../envs/text4point.yaml"
+    log:
+        "logs/clip_features.log",
+    benchmark:
+        "results/benchmarks/stages/clip_features.tsv"
+    shell:
+        "text4point clip-features --params-json {params.cfg:q} --data {params.root} "
+        "--out {params.out} --metrics {output.metrics} > {log} 2>&1"

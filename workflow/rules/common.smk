@@ -1,0 +1,59 @@
+import json
+import os
+import sys
+
+from text4point.errors import InputError
+from text4point.params import validate as _validate_params
+
+# One-line message naming the key and what is allowed; no traceback for a typo in params.yaml.
+try:
+    config.update(_validate_params(config, source="params.yaml (with Snakemake overrides)"))
+except InputError as _e:
+    sys.exit(f"error: {_e}")
+
+
+def sections(*names):
+    """JSON of the params sections that a job reads. The CLI gets them as --params-json, and
+    Snakemake's params trigger reruns a job exactly when one of these values changes."""
+    return json.dumps({n: config[n] for n in names}, sort_keys=True)
+
+
+DATA = f"data/{config['data']['source']}"
+# Rules depend on the dataset through its small manifest, written last by the data stage: Snakemake
+# checksums small inputs, so a `dvc pull`/`dvc checkout` that only renews mtimes reruns nothing.
+DATASET = f"{DATA}/dataset.json"
+CLIP_ID = config["clip"]["model"]
+CLIP_BOOTSTRAP = config["clip"]["pretrained"] == "bootstrap"
+FEATURES = f"data/clip_features/{CLIP_ID}"
+CORR = "data/correspondences"
+VARIANTS = config["pretrain"]["variants"]
+TABLE_NAMES = ["semseg", "insseg", "det", "efficiency", "ablation", "zeroshot"]
+TABLES = expand("results/tables/{name}.md", name=TABLE_NAMES)
+
+
+def dirname_of(kind, name):
+    """Directory of a named input/output manifest, for the CLI's --data/--out (a lint-clean param)."""
+    if kind == "input":
+        return lambda wildcards, input: os.path.dirname(input[name])
+    return lambda wildcards, output: os.path.dirname(output[name])
+
+
+def finetune_runs():
+    ft = config["finetune"]
+    return expand(
+        "results/finetune/{task}/{init}/seed{seed}-frac{frac}/metrics.json",
+        task=ft["tasks"],
+        init=ft["inits"],
+        seed=ft["seeds"],
+        frac=ft["label_fractions"],
+    )
+
+
+def clip_model_inputs(wildcards=None):
+    return ["models/clip/bootstrap.pt"] if CLIP_BOOTSTRAP else []
+
+
+def pretrain_checkpoint(wildcards):
+    if wildcards.init == "scratch":
+        return []
+    return f"models/pretrain/{wildcards.init}/checkpoint.pt"

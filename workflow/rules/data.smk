@@ -1,0 +1,36 @@
+rule data:
+    output:
+        dataset=DATASET,
+        metrics="results/metrics/data.json",
+        scene_stats="results/metrics/data_scenes.csv",
+    params:
+        cfg=sections("seed", "data", "tracking"),
+        root=dirname_of("output", "dataset"),
+    conda:
+        "../envs/text4point.yaml"
+    log:
+        "logs/data.log",
+    benchmark:
+        "results/benchmarks/stages/data.tsv"
+    threads: config["data"]["world"]["workers"]
+    shell:
+        "text4point data --params-json {params.cfg:q} --out {params.root} "
+        "--metrics {output.metrics} --scene-stats {output.scene_stats} --quiet > {log} 2>&1"
+
+
+rule show:
+    input:
+        data=DATASET,
+    output:
+        directory("results/figures/data"),
+    params:
+        scenes=config["show"]["scenes"],
+        root=dirname_of("input", "data"),
+    conda:
+        "../envs/text4point.yaml"
+    log:
+        "logs/show.log",
+    benchmark:
+        "results/benchmarks/stages/show.tsv"
+    shell:
+        "text4point show --data {params.root} --out-dir {output} --scenes {params.scenes} > {log} 2>&1"
