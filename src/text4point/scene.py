@@ -84,6 +84,8 @@ def read_points(path: str | os.PathLike) -> dict[str, np.ndarray]:
     missing = [name for name, _ in POINT_DTYPE if name not in v.dtype.names]
     if missing:
         raise bad(path, "vertex properties", "x y z red green blue semantic instance", f"missing {missing}")
+    if len(v) == 0:
+        raise bad(path, "vertex", "at least one point (empty scene)", 0)
     return {
         "xyz": np.stack([v["x"], v["y"], v["z"]], 1).astype(np.float32),
         "rgb": np.stack([v["red"], v["green"], v["blue"]], 1).astype(np.uint8),
@@ -173,7 +175,7 @@ def read_matrix(path: str | os.PathLike) -> np.ndarray:
     except ValueError:
         raise bad(path, "matrix", "16 numbers (a 4x4 matrix, row by row)") from None
     if vals.size != 16:
-        raise bad(path, "matrix", "16 numbers (a 4x4 matrix, row by row)", f"{vals.size} numbers")
+        raise bad(path, "matrix", "16 numbers (a 4x4 matrix, row by row)", int(vals.size))
     return vals.reshape(4, 4)
 
 
