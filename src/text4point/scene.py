@@ -298,6 +298,11 @@ class Scene:
         return read_image(self.frame_path("instance", i), dtype=np.int32)
 
 
+def sampled_frames(num_frames: int, frame_skip: int) -> list[int]:
+    """Every ``frame_skip``-th frame index (0, k, 2k, ...): the frames later stages use."""
+    return list(range(0, num_frames, frame_skip))
+
+
 class Dataset:
     """A dataset root in the canonical layout (read side)."""
 
