@@ -14,11 +14,9 @@ from pathlib import Path
 
 from . import params as P
 from .errors import InputError
-from .fsutil import clean_stale_temporaries, write_json
+from .fsutil import atomic_dir, atomic_path, clean_stale_temporaries, write_json
 
-NOT_BUILT = {  # stage -> the issue that builds it
-    "clip-bootstrap": 3, "correspondences": 3, "clip-features": 3, "pretrain": 4, "finetune": 5, "tables": 5,
-}
+NOT_BUILT = {"pretrain": 4, "finetune": 5, "tables": 5}  # stage -> the issue that builds it
 
 
 def _load_params(args) -> dict:
@@ -27,50 +25,104 @@ def _load_params(args) -> dict:
     return P.load(args.params)
 
 
-def cmd_data(args) -> None:
+def _start(args) -> dict:
+    """Resolve params and check the tracking store before any work (fail fast, one line)."""
     from . import tracking
 
     cfg = _load_params(args)
-    tracking.check_reachable()  # fail at start, before any work
+    tracking.check_reachable()
+    return cfg
+
+
+def _finish(stage: str, cfg: dict, sections: tuple[str, ...], metrics: dict, metrics_path: str | Path,
+            tags: dict | None = None, detail: object = None) -> dict:
+    """Write the stage's metrics JSON (with its params hash) and record one MLflow run."""
+    from . import tracking
+
+    logged = {k: cfg[k] for k in sections if k in cfg}
+    metrics = {"params_hash": P.params_hash(logged), **metrics}
+    write_json(metrics_path, metrics)
+    with tracking.run(stage, logged, tags={"params_hash": metrics["params_hash"], **(tags or {})},
+                      experiment_prefix=cfg.get("tracking", {}).get("experiment_prefix", "text4point")):
+        import mlflow
+
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        mlflow.log_dict({"metrics": metrics, "detail": detail}, f"{stage}_stats.json")
+    return metrics
+
+
+def cmd_data(args) -> None:
+    cfg = _start(args)
     data = cfg["data"]
     source = data["source"]
     out = Path(args.out)
     clean_stale_temporaries(out.parent)
     t0 = time.perf_counter()
-    from .fsutil import atomic_dir
-
     with atomic_dir(out) as tmp:
         if source == "world":
             from .world.generate import generate_world
 
             result = generate_world(tmp, data["world"], cfg["seed"], progress=not args.quiet)
-            metrics = result["summary"]
-            detail = result["scenes"]
+            metrics, detail = result["summary"], result["scenes"]
         else:
             from .importers import s3dis, scannet
 
             importer = {"scannet": scannet.import_scannet, "s3dis": s3dis.import_s3dis}[source]
             metrics = importer(data[source], tmp, Path(args.downloads), progress=not args.quiet)
             detail = []
-    metrics = {"source": source, "params_hash": P.params_hash({"seed": cfg["seed"], "data": data}),
-               "seconds_total": round(time.perf_counter() - t0, 2), **metrics}
-    write_json(args.metrics, metrics)
+    metrics = {"source": source, "seconds_total": round(time.perf_counter() - t0, 2), **metrics}
     if args.scene_stats:
         import pandas as pd
-
-        from .fsutil import atomic_path
 
         table = pd.DataFrame(detail, columns=["scene_id", "split", "room_type", "points", "objects", "frames",
                                                "invalid_poses", "valid_depth_fraction", "seconds"])
         with atomic_path(args.scene_stats) as tmp:
             table.to_csv(tmp, index=False)
-    with tracking.run("data", {"seed": cfg["seed"], "data": data},
-                      tags={"source": source, "params_hash": metrics["params_hash"]},
-                      experiment_prefix=cfg.get("tracking", {}).get("experiment_prefix", "text4point")):
-        import mlflow
+    _finish("data", cfg, ("seed", "data"), metrics, args.metrics, tags={"source": source}, detail=detail)
 
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
-        mlflow.log_dict({"summary": metrics, "scenes": detail}, "data_stats.json")
+
+def _into_dir(out: str | Path, work) -> dict:
+    """Run ``work(tmp_dir)`` into a temporary directory that replaces ``out`` only when complete."""
+    out = Path(out)
+    clean_stale_temporaries(out.parent)
+    t0 = time.perf_counter()
+    with atomic_dir(out) as tmp:
+        metrics = work(tmp)
+    return {"seconds_total": round(time.perf_counter() - t0, 2), **metrics}
+
+
+def cmd_correspondences(args) -> None:
+    from . import correspondences
+    from .runtime import device
+
+    cfg = _start(args)
+    metrics = _into_dir(args.out, lambda tmp: correspondences.run_stage(cfg, Path(args.data), tmp, device(),
+                                                                        progress=not args.quiet))
+    _finish("correspondences", cfg, ("seed", "correspondences"), metrics, args.metrics)
+
+
+def cmd_clip_bootstrap(args) -> None:
+    from .clip import bootstrap
+    from .runtime import device
+
+    cfg = _start(args)
+    t0 = time.perf_counter()
+    metrics = bootstrap.run_stage(cfg, Path(args.data), Path(args.out), device(), progress=not args.quiet)
+    metrics = {"seconds_total": round(time.perf_counter() - t0, 2), **metrics}
+    _finish("clip_bootstrap", cfg, ("seed", "clip"), metrics, args.metrics, tags={"clip_model": cfg["clip"]["model"]})
+
+
+def cmd_clip_features(args) -> None:
+    from .clip import features
+    from .runtime import device
+
+    cfg = _start(args)
+    checkpoint = Path(args.clip_checkpoint) if args.clip_checkpoint else None
+    metrics = _into_dir(args.out, lambda tmp: features.run_stage(cfg, Path(args.data), tmp, device(),
+                                                                 progress=not args.quiet, checkpoint=checkpoint))
+    _finish("clip_features", cfg, ("seed", "clip", "correspondences"), metrics, args.metrics,
+            tags={"clip_model": cfg["clip"]["model"]})
 
 
 def cmd_show(args) -> None:
@@ -109,6 +161,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--downloads", default="data/downloads", help="where archives are downloaded/extracted")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_data)
+
+    def stage(name, help_, func, data_help, out_help):
+        p = with_params(sub.add_parser(name, help=help_))
+        p.add_argument("--data", required=True, help=data_help)
+        p.add_argument("--out", required=True, help=out_help)
+        p.add_argument("--metrics", required=True, help="metrics JSON to write")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.set_defaults(func=func)
+        return p
+
+    stage("correspondences", "frame pairs and pixel<->point correspondences", cmd_correspondences,
+          "dataset root", "correspondence directory to write (replaced atomically)")
+    stage("clip-bootstrap", "train the small offline open_clip model", cmd_clip_bootstrap,
+          "dataset root (its clip split trains, its val split evaluates)", "checkpoint to write")
+    p = stage("clip-features", "cache dense CLIP image features and text embeddings", cmd_clip_features,
+              "dataset root", "feature directory to write (replaced atomically)")
+    p.add_argument("--clip-checkpoint", help="the bootstrap checkpoint (when clip.pretrained is 'bootstrap')")
 
     p = sub.add_parser("show", help="PNG previews: a scene's points by class and a frame's colour/depth/labels")
     p.add_argument("--data", required=True, help="dataset root")

@@ -1,6 +1,5 @@
-# Correspondences and frozen CLIP features (issue #3): the stages exist as the DAG's shape; the CLI
-# exits with status 3 and writes nothing until they are built. Directory outputs are represented by
-# a manifest written last (see DATASET in common.smk).
+# Correspondences and frozen CLIP features. Directory outputs are represented by a manifest that the
+# stage writes last (see DATASET in common.smk).
 
 
 rule clip_bootstrap:
@@ -10,7 +9,7 @@ rule clip_bootstrap:
         model="models/clip/bootstrap.pt",
         metrics="results/metrics/clip_bootstrap.json",
     params:
-        cfg=sections("seed", "clip", "tracking"),
+        cfg=sections("seed", "clip.model", "clip.pretrained", "clip.templates", "clip.bootstrap", "tracking"),
         root=dirname_of("input", "data"),
     conda:
         "../envs/text4point.yaml"
@@ -20,7 +19,7 @@ rule clip_bootstrap:
         "results/benchmarks/stages/clip_bootstrap.tsv"
     shell:
         "text4point clip-bootstrap --params-json {params.cfg:q} --data {params.root} "
-        "--out {output.model} --metrics {output.metrics} > {log} 2>&1"
+        "--out {output.model} --metrics {output.metrics} --quiet > {log} 2>&1"
 
 
 rule correspondences:
@@ -30,7 +29,7 @@ rule correspondences:
         manifest=f"{CORR}/manifest.json",
         metrics="results/metrics/correspondences.json",
     params:
-        cfg=sections("seed", "correspondences"),
+        cfg=sections("seed", "correspondences", "tracking"),
         root=dirname_of("input", "data"),
         out=dirname_of("output", "manifest"),
     conda:
@@ -41,7 +40,7 @@ rule correspondences:
         "results/benchmarks/stages/correspondences.tsv"
     shell:
         "text4point correspondences --params-json {params.cfg:q} --data {params.root} "
-        "--out {params.out} --metrics {output.metrics} > {log} 2>&1"
+        "--out {params.out} --metrics {output.metrics} --quiet > {log} 2>&1"
 
 
 rule clip_features:
@@ -52,7 +51,8 @@ rule clip_features:
         manifest=f"{FEATURES}/manifest.json",
         metrics="results/metrics/clip_features.json",
     params:
-        cfg=sections("seed", "clip", "correspondences"),
+        cfg=sections("seed", "clip", "correspondences.frame_skip", "tracking"),
+        checkpoint=lambda wildcards, input: f"--clip-checkpoint {input.model[0]}" if input.model else "",
         root=dirname_of("input", "data"),
         out=dirname_of("output", "manifest"),
     conda:
@@ -63,4 +63,4 @@ rule clip_features:
         "results/benchmarks/stages/clip_features.tsv"
     shell:
         "text4point clip-features --params-json {params.cfg:q} --data {params.root} "
-        "--out {params.out} --metrics {output.metrics} > {log} 2>&1"
+        "--out {params.out} --metrics {output.metrics} {params.checkpoint} --quiet > {log} 2>&1"

@@ -13,9 +13,17 @@ except InputError as _e:
 
 
 def sections(*names):
-    """JSON of the params sections that a job reads. The CLI gets them as --params-json, and
-    Snakemake's params trigger reruns a job exactly when one of these values changes."""
-    return json.dumps({n: config[n] for n in names}, sort_keys=True)
+    """JSON of the params that a job reads: top-level sections or dotted keys ("clip.bootstrap").
+    The CLI gets them as --params-json, and Snakemake's params trigger reruns a job exactly when
+    one of these values changes."""
+    picked = {}
+    for name in names:
+        *parents, leaf = name.split(".")
+        src, dst = config, picked
+        for p in parents:
+            src, dst = src[p], dst.setdefault(p, {})
+        dst[leaf] = src[leaf]
+    return json.dumps(picked, sort_keys=True)
 
 
 DATA = f"data/{config['data']['source']}"
