@@ -1,0 +1,680 @@
+"""RGB-D pixel <-> point correspondences (the ``correspondences`` stage).
+
+For every scene of the ``train`` and ``val`` splits, every ``frame_skip``-th frame is read; frames that
+real data is known to contain broken are skipped and counted by reason (``scene.FrameDefect.reason``:
+``missing_pose``, ``invalid_pose``, ``missing_image``, ``corrupt_image``, ``bad_image_size``; plus
+``too_little_depth`` when the fraction of valid depth pixels is below ``min_valid_depth``). When the
+scene's ``color/`` and ``depth/`` directories hold different numbers of frames, ``color_depth_mismatch``
+is counted once for the scene and only frames present in both are used (sampled frames present in only
+one of them count as ``missing_image``).
+
+Each kept frame's depth is back-projected through the depth camera into world coordinates and voxelized
+(``torch_cluster.grid_cluster`` on one fixed world-aligned grid, so voxel keys are comparable between the
+frames of a scene); a frame's points are the means of its voxels, each coloured by the colour pixel it
+projects to in the same frame.
+
+Pairs. Two kept frames i != j are paired when their *overlap*
+
+    overlap(i, j) = |keys(i) ∩ keys(j)| / min(|keys(i)|, |keys(j)|)
+
+(voxel keys occupied by each frame) is >= ``overlap_threshold`` (PointContrast pairs ScanNet frames at
+30% overlap). Every pair is stored in both directions, (i, j) and (j, i), and every kept frame is paired
+with itself, (i, i) with overlap 1.
+
+Correspondences of a pair (a, b): b's voxel points are projected into a's colour camera; a point matches
+the colour pixel it lands on (``floor(uv + 0.5)``: integer pixel coordinates are pixel centres) iff its
+depth z in a's colour camera agrees with a's *observed* depth at that pixel within ``depth_tolerance``
+metres (the occlusion test). a's observed depth at colour resolution is a z-buffer built from a's depth
+image: its valid pixels are back-projected, projected into a's colour camera and every colour pixel keeps
+the minimum z of the samples that cover it. A depth sample covers the colour pixels whose centres lie in
+its pixel's footprint in the colour image, ``[u - r_u, u + r_u) x [v - r_v, v + r_v)`` with
+``r_u = fx_c / fx_d * z_d / z_c / 2`` (likewise for v), so the samples tile the colour image as the depth
+pixels tile the depth image: at ScanNet's 2:1 colour:depth ratio each sample covers a 2x2 block, instead of
+leaving three colour pixels of four without a sample (``splat=False`` gives the plain one-pixel z-buffer).
+When the two sensors share their pose (equal extrinsics, no skew: the offline world, ScanNet's exports) the
+footprints are independent of depth and this z-buffer is exactly a gather of the depth pixel that covers
+each colour pixel (``coincident_color_to_depth``), which ``process_scene`` uses instead of the scatter.
+Colour pixels that no depth sample covers (missing depth) cannot be verified and give no match. At depth
+edges the minimum makes the foreground win, so background points next to a silhouette are rejected rather
+than matched to a foreground pixel. Several points landing on one pixel are all kept when each passes the
+depth test (voxel means of one surface that fall on one pixel all see it; a consumer that wants one point
+per pixel can reduce them).
+
+Storage, one directory per scene in the stage's output directory (``.npy``, memory-mappable)::
+
+    frames.npy         int32 [F]        kept frame ids (scene frame indices)
+    points.npy         float32 [P, 3]   all kept frames' voxel points (world), frame after frame
+    colors.npy         uint8 [P, 3]     their colours
+    point_offsets.npy  int64 [F + 1]    frame f's points are points[point_offsets[f]:point_offsets[f + 1]]
+    pairs.npy          int32 [Q, 2]     (a, b) indices into frames.npy, sorted; self pairs (i, i) included
+    overlap.npy        float32 [Q]
+    matches.npy        int32 [M, 2]     (colour pixel index v * W + u of frame a, point index of frame b)
+    match_offsets.npy  int64 [Q + 1]    pair q's matches are matches[match_offsets[q]:match_offsets[q + 1]]
+    scene_stats.json   scene id, colour/depth sizes, params, counts
+
+and ``manifest.json`` (written last) with the scene ids, the params used and totals. Per-scene statistics:
+``pairs`` counts unordered frame pairs without the self pairs; ``matches_per_pair`` summarises the ordered
+non-self pair entries.
+
+Speed: the work per frame is a few dozen tensor ops over tens of thousands of elements; on CPU ``run_stage``
+runs torch with one intra-op thread (``cpu_threads``). The voxel key sort (``torch.unique``) is the largest
+single cost; see benchmarks/bench_correspondences.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch_cluster import grid_cluster
+from tqdm import tqdm
+
+from .errors import InputError, bad
+from .fsutil import atomic_dir, write_json
+from .scene import Dataset, FrameDefect, Scene, sampled_frames
+
+FORMAT = "text4point-correspondences-v1"
+STAGE_SPLITS = ("train", "val")
+FRAME_REASONS = ("missing_pose", "invalid_pose", "missing_image", "corrupt_image", "bad_image_size",
+                 "too_little_depth")
+SCENE_REASONS = ("color_depth_mismatch",)
+PARAM_KEYS = ("frame_skip", "voxel_size", "overlap_threshold", "depth_tolerance", "min_valid_depth")
+# The voxel grid spans +-GRID_HALF voxels around the world origin in each axis: (2 * 2**19 + 1)**3 < 2**63,
+# so every key is a distinct int64 (+-26 km at 5 cm voxels). Points outside are dropped.
+GRID_HALF = 2 ** 19
+MAX_SPLAT_RADIUS = 4.0  # colour pixels; bounds the footprint of a depth sample seen from very close
+
+# (file, dtype, trailing shape)
+ARRAYS = {
+    "frames": (np.int32, ()),
+    "points": (np.float32, (3,)),
+    "colors": (np.uint8, (3,)),
+    "point_offsets": (np.int64, ()),
+    "pairs": (np.int32, (2,)),
+    "overlap": (np.float32, ()),
+    "matches": (np.int32, (2,)),
+    "match_offsets": (np.int64, ()),
+}
+
+
+def _dev(device) -> torch.device:
+    if device is None:
+        from .runtime import device as default_device
+
+        return default_device()
+    return torch.device(device)
+
+
+def _mat(m, dtype, device) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(m, dtype=np.float64), device=device).to(dtype)
+
+
+# ---------------------------------------------------------------- geometry
+
+def _affine(M: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """``points @ M[:3, :3].T + M[:3, 3]`` for points [N, 3] (a [N, 3] view of a [3, N] product: a 3x3 by
+    3xN product is several times faster on CPU than an Nx3 by 3x3 one)."""
+    return torch.addmm(M[:3, 3:4], M[:3, :3], points.T).T
+
+
+def backproject(depth: torch.Tensor, K: torch.Tensor, cam_to_world: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """World points [M, 3] of the valid (finite, > 0) pixels of ``depth`` [H, W] and their pixel index v * W + u.
+
+    ``depth`` holds z (metres along the optical axis); ``K`` is the camera's 3x3 intrinsic matrix and
+    ``cam_to_world`` its 4x4 pose (OpenCV axes: x right, y down, z forward).
+    """
+    H, W = depth.shape
+    dtype, dev = depth.dtype, depth.device
+    flat = depth.reshape(-1)
+    pix = torch.nonzero((flat > 0) & torch.isfinite(flat)).squeeze(1)
+    z = flat.index_select(0, pix)
+    uv1 = torch.stack([(pix % W).to(dtype), torch.div(pix, W, rounding_mode="floor").to(dtype),
+                       torch.ones_like(z)])  # [3, M]
+    Kinv = torch.linalg.inv(torch.as_tensor(K, device=dev).to(torch.float64)[:3, :3]).to(dtype)
+    cam = (Kinv @ uv1).T * z.unsqueeze(1)  # z * K^-1 [u, v, 1]
+    return _affine(torch.as_tensor(cam_to_world, device=dev).to(dtype), cam), pix
+
+
+def projection_matrix(K, cam_to_world, dtype=torch.float32, device=None) -> torch.Tensor:
+    """4x4 matrix P with P [x y z 1]^T = (u w, v w, w, z_camera) for world points (computed in float64)."""
+    K3 = np.asarray(K.cpu() if torch.is_tensor(K) else K, np.float64)[:3, :3]
+    T = np.asarray(cam_to_world.cpu() if torch.is_tensor(cam_to_world) else cam_to_world, np.float64)
+    w2c = np.linalg.inv(T)
+    return torch.as_tensor(np.concatenate([K3 @ w2c[:3], w2c[2:3]]), device=_dev(device)).to(dtype)
+
+
+def _project(points_world: torch.Tensor, P: torch.Tensor, width: int, height: int):
+    img = torch.addmm(P[:, 3:4], P[:, :3], points_world.T)  # [4, N]
+    z, w = img[3], img[2]
+    front = (z > 1e-6) & (w > 1e-12)
+    uv = (img[:2] / torch.where(front, w, torch.ones_like(w))).T
+    ui = torch.floor(uv + 0.5)
+    inside = front & (ui[:, 0] >= 0) & (ui[:, 0] < width) & (ui[:, 1] >= 0) & (ui[:, 1] < height)
+    return uv, z, inside, ui
+
+
+def project(points_world: torch.Tensor, K: torch.Tensor, cam_to_world: torch.Tensor, width: int,
+            height: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Project world points [N, 3]: pixel coordinates uv [N, 2] (float), depth z [N] and ``inside`` [N].
+
+    ``inside``: z > 0 and the rounded pixel ``floor(uv + 0.5)`` lies in the width x height image.
+    """
+    P = projection_matrix(K, cam_to_world, points_world.dtype, points_world.device)
+    uv, z, inside, _ = _project(points_world, P, width, height)
+    return uv, z, inside
+
+
+def voxelize(points: torch.Tensor, voxel_size: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cluster points [N, 3] on the world-aligned grid of ``voxel_size`` (``torch_cluster.grid_cluster``).
+
+    Returns (voxel_points [V, 3]: the mean of each occupied voxel's points, voxel_keys int64 [V] (sorted,
+    the same key for the same voxel in every frame), cluster [N]: each point's voxel row). The grid's
+    origin is fixed at -GRID_HALF * voxel_size in every axis; points must lie within +-GRID_HALF voxels.
+    """
+    dev = points.device
+    if len(points) == 0:
+        return (points.new_zeros((0, 3)), torch.zeros(0, dtype=torch.int64, device=dev),
+                torch.zeros(0, dtype=torch.int64, device=dev))
+    half = GRID_HALF * float(voxel_size)
+    size = torch.full((3,), float(voxel_size), dtype=torch.float64, device=dev)
+    start = torch.full((3,), -half, dtype=torch.float64, device=dev)
+    end = torch.full((3,), half, dtype=torch.float64, device=dev)
+    # float64: keys then follow floor(p / voxel_size) exactly, not float32's rounding at |p + half| ~ 1e4
+    raw = grid_cluster(points.to(torch.float64), size, start, end)
+    keys, cluster = torch.unique(raw, return_inverse=True)
+    counts = torch.bincount(cluster, minlength=len(keys)).to(points.dtype)
+    sums = torch.zeros((len(keys), 3), dtype=points.dtype, device=dev).index_add_(0, cluster, points)
+    return sums / counts.unsqueeze(1), keys, cluster
+
+
+def in_grid(points: torch.Tensor, voxel_size: float) -> torch.Tensor:
+    """Points that ``voxelize`` can key (finite, inside the fixed grid)."""
+    lim = (GRID_HALF - 1) * float(voxel_size)
+    return torch.isfinite(points).all(1) & (points.abs() < lim).all(1)
+
+
+def color_zbuffer(depth: torch.Tensor, K_depth: torch.Tensor, depth_to_world: torch.Tensor, K_color: torch.Tensor,
+                  color_to_world: torch.Tensor, width: int, height: int, splat: bool = True) -> torch.Tensor:
+    """Observed depth at colour resolution: flat [height * width], z in the colour camera, inf = no sample.
+
+    The valid depth pixels are back-projected and projected into the colour camera; each colour pixel keeps
+    the minimum z (``scatter_reduce`` "amin") of the samples that cover it. With ``splat`` a sample covers
+    the colour pixels whose centres lie in its depth pixel's footprint (see the module docstring); without,
+    only the pixel it lands on.
+    """
+    pts, pix = backproject(depth, K_depth, depth_to_world)
+    return _zbuffer(pts, depth.reshape(-1)[pix], K_depth, K_color, color_to_world, width, height, splat)
+
+
+def _zbuffer(pts: torch.Tensor, z_depth: torch.Tensor, K_depth: torch.Tensor, K_color: torch.Tensor,
+             color_to_world: torch.Tensor, width: int, height: int, splat: bool) -> torch.Tensor:
+    """``color_zbuffer`` from the back-projected depth samples (world points and their depth-camera z)."""
+    dtype, dev = pts.dtype, pts.device
+    hw = height * width
+    zbuf = torch.full((hw + 1,), float("inf"), dtype=dtype, device=dev)  # the last slot takes what falls outside
+    if len(pts) == 0:
+        return zbuf[:hw]
+    uv, z, _ = project(pts, K_color, color_to_world, width, height)
+    front = z > 1e-6
+    if not splat:
+        ui = torch.floor(uv + 0.5).long()
+        ok = front & (ui[:, 0] >= 0) & (ui[:, 0] < width) & (ui[:, 1] >= 0) & (ui[:, 1] < height)
+        target = torch.where(ok, ui[:, 1] * width + ui[:, 0], hw)
+        return zbuf.scatter_reduce_(0, target, z, "amin")[:hw]
+    Kc = torch.as_tensor(K_color, device=dev).to(dtype)
+    Kd = torch.as_tensor(K_depth, device=dev).to(dtype)
+    scale = torch.stack([Kc[0, 0] / Kd[0, 0], Kc[1, 1] / Kd[1, 1]]) * 0.5
+    ratio = z_depth / torch.where(front, z, torch.ones_like(z))
+    r = (ratio.unsqueeze(1) * scale).clamp_(max=MAX_SPLAT_RADIUS)
+    lo = torch.ceil(uv - r)
+    hi = torch.ceil(uv + r)  # covered pixel centres per axis: lo .. hi - 1
+    k = int((hi - lo).max().item())
+    if k <= 0:
+        return zbuf[:hw]
+    lo, hi = lo.long(), hi.long()
+    hi[:, 0].clamp_(max=width)
+    hi[:, 1].clamp_(max=height)
+    hi = torch.where(front.unsqueeze(1), hi, lo)  # behind the colour camera: covers nothing
+    off = torch.arange(k, device=dev)
+    tu = lo[:, 0:1] + off  # [N, k]
+    tv = lo[:, 1:2] + off
+    ok_u = (tu < hi[:, 0:1]) & (tu >= 0)
+    ok_v = (tv < hi[:, 1:2]) & (tv >= 0)
+    target = torch.where(ok_v.unsqueeze(2) & ok_u.unsqueeze(1), tv.unsqueeze(2) * width + tu.unsqueeze(1), hw)
+    zz = z.view(-1, 1, 1).expand(-1, k, k)
+    return zbuf.scatter_reduce_(0, target.reshape(-1), zz.reshape(-1), "amin")[:hw]
+
+
+def match_points(points_world: torch.Tensor, zbuf: torch.Tensor, P_color: torch.Tensor, width: int, height: int,
+                 depth_tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(colour pixel index v * W + u, row into ``points_world``) of the points that pass the depth test.
+
+    ``P_color``: ``projection_matrix`` of the colour camera; ``zbuf``: its observed depth (``color_zbuffer``).
+    """
+    _, z, inside, ui = _project(points_world, P_color, width, height)
+    ui = ui.long()
+    pix = torch.where(inside, ui[:, 1] * width + ui[:, 0], torch.zeros_like(ui[:, 0]))
+    ok = inside & ((zbuf.index_select(0, pix) - z).abs() <= depth_tolerance)  # inf (no sample) never passes
+    rows = torch.nonzero(ok).squeeze(1)
+    return pix.index_select(0, rows), rows
+
+
+def sample_colors(points_world: torch.Tensor, color: torch.Tensor, P_color: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """uint8 rgb [N, 3] of the colour pixel each point projects to (clamped to the image); and how many fell outside."""
+    H, W = color.shape[:2]
+    _, _, inside, ui = _project(points_world, P_color, W, H)
+    u = ui[:, 0].nan_to_num(0).clamp(0, W - 1).long()
+    v = ui[:, 1].nan_to_num(0).clamp(0, H - 1).long()
+    return color.reshape(-1, 3).index_select(0, v * W + u), int((~inside).sum().item())
+
+
+def frame_overlaps(keys: list[torch.Tensor], chunk_elems: int = 1 << 24) -> torch.Tensor:
+    """[F, F] overlap |keys_i ∩ keys_j| / min(|keys_i|, |keys_j|) of per-frame sorted unique voxel keys."""
+    F = len(keys)
+    dev = keys[0].device if F else torch.device("cpu")
+    if F == 0:
+        return torch.zeros((0, 0), device=dev)
+    sizes = torch.tensor([len(k) for k in keys], device=dev)
+    allk = torch.cat(keys)
+    frame = torch.repeat_interleave(torch.arange(F, device=dev), sizes)
+    uniq, inv = torch.unique(allk, return_inverse=True)
+    U = len(uniq)
+    inter = torch.zeros((F, F), dtype=torch.float32, device=dev)
+    step = max(1, chunk_elems // max(F, 1))
+    order = torch.argsort(inv)
+    inv_s, frame_s = inv[order], frame[order]
+    bounds = torch.searchsorted(inv_s, torch.arange(0, U + step, step, device=dev).clamp(max=U))
+    for c in range(len(bounds) - 1):
+        s, e = int(bounds[c]), int(bounds[c + 1])
+        if s == e:
+            continue
+        c0 = c * step
+        A = torch.zeros((F, min(step, U - c0)), dtype=torch.float32, device=dev)
+        A[frame_s[s:e], inv_s[s:e] - c0] = 1.0
+        inter += A @ A.T
+    denom = torch.minimum(sizes.unsqueeze(0), sizes.unsqueeze(1)).clamp(min=1).to(torch.float32)
+    return inter / denom
+
+
+# ---------------------------------------------------------------- one scene
+
+_FRAME_FILE = re.compile(r"^(\d+)\.(\w+)$")
+
+
+def _frame_ids(directory: Path, ext: str) -> set[int]:
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return set()
+    out = set()
+    for name in names:
+        m = _FRAME_FILE.match(name)
+        if m and m.group(2).lower() == ext:
+            out.add(int(m.group(1)))
+    return out
+
+
+def _check_cfg(cfg: dict) -> dict:
+    missing = [k for k in PARAM_KEYS if k not in cfg]
+    if missing:
+        raise bad(None, f"correspondences.{missing[0]}", "a value (see workflow/schemas/params.schema.yaml)")
+    return {k: cfg[k] for k in PARAM_KEYS}
+
+
+def _summary(values: list[int]) -> dict:
+    if not values:
+        return {"median": None, "min": None, "max": None}
+    return {"median": float(statistics.median(values)), "min": int(min(values)), "max": int(max(values))}
+
+
+def coincident_color_to_depth(K_depth, K_color, ext_depth, ext_color, depth_size, color_size,
+                              device=None) -> torch.Tensor | None:
+    """Depth pixel index covering each colour pixel [Hc * Wc] (Hd * Wd where none), or None.
+
+    When the colour and the depth sensor share their pose (equal extrinsics, as in the offline world and in
+    ScanNet's exports) and have no skew, the colour pixel centres that a depth pixel's footprint covers are
+    those that project back into that depth pixel: ``color_zbuffer`` with ``splat`` reduces to this gather,
+    one sample per colour pixel, z unchanged. Otherwise None (use the scatter in ``color_zbuffer``).
+    """
+    Kd, Kc = np.asarray(K_depth, np.float64)[:3, :3], np.asarray(K_color, np.float64)[:3, :3]
+    if not (np.allclose(ext_depth, ext_color, rtol=0, atol=1e-9) and Kd[0, 1] == 0 and Kc[0, 1] == 0
+            and np.allclose(Kd[2], [0, 0, 1]) and np.allclose(Kc[2], [0, 0, 1])):
+        return None
+    dev = _dev(device)
+    (Wd, Hd), (Wc, Hc) = depth_size, color_size
+    uc = torch.arange(Wc, device=dev, dtype=torch.float64)
+    vc = torch.arange(Hc, device=dev, dtype=torch.float64)
+    ud = torch.floor((uc - Kc[0, 2]) * (Kd[0, 0] / Kc[0, 0]) + Kd[0, 2] + 0.5).long()
+    vd = torch.floor((vc - Kc[1, 2]) * (Kd[1, 1] / Kc[1, 1]) + Kd[1, 2] + 0.5).long()
+    ok = ((vd >= 0) & (vd < Hd)).unsqueeze(1) & ((ud >= 0) & (ud < Wd)).unsqueeze(0)
+    return torch.where(ok, vd.unsqueeze(1) * Wd + ud.unsqueeze(0), Hd * Wd).reshape(-1)
+
+
+def _read_frame(scene: Scene, i: int, min_valid_depth: float):
+    """(pose, depth, colour) of frame i, or the reason it is skipped."""
+    try:
+        pose = scene.pose(i)
+        depth = scene.depth(i)
+        if float(np.count_nonzero(depth > 0)) < min_valid_depth * depth.size:
+            return "too_little_depth"
+        color = scene.color(i)
+    except FrameDefect as e:
+        return e.reason
+    return pose, depth, color
+
+
+def process_scene(scene: Scene, cfg: dict, device=None, splat: bool = True) -> dict:
+    """Correspondences of one scene: the arrays of the storage layout (numpy) and ``stats``.
+
+    ``cfg`` is the ``correspondences`` params section. Only this scene's data is held in memory: per kept
+    frame its voxel points, colours, keys and depth image (float32 at depth resolution).
+    """
+    with torch.inference_mode():
+        return _process_scene(scene, cfg, _dev(device), splat)
+
+
+def _process_scene(scene: Scene, cfg: dict, dev: torch.device, splat: bool) -> dict:
+    t0 = time.perf_counter()
+    c = _check_cfg(cfg)
+    dtype = torch.float32
+    ccam, dcam = scene.cameras()
+    Kc, Kd = _mat(ccam.K, dtype, dev), _mat(dcam.K, dtype, dev)
+    Kc_np = np.asarray(ccam.K, np.float64)
+    ext_c, ext_d = np.asarray(ccam.extrinsic, np.float64), np.asarray(dcam.extrinsic, np.float64)
+    Wc, Hc, Wd, Hd = int(ccam.width), int(ccam.height), int(dcam.width), int(dcam.height)
+    # K^-1 [u, v, 1] of every depth pixel, once per scene
+    ud, vd = np.meshgrid(np.arange(Wd, dtype=np.float64), np.arange(Hd, dtype=np.float64))
+    rays_np = np.stack([ud.ravel(), vd.ravel(), np.ones(Wd * Hd)], 1) @ np.linalg.inv(np.asarray(dcam.K, np.float64)).T
+    rays = torch.as_tensor(rays_np, device=dev).to(dtype)
+    c2d = coincident_color_to_depth(dcam.K, ccam.K, ext_d, ext_c, (Wd, Hd), (Wc, Hc), dev) if splat else None
+
+    sampled = sampled_frames(scene.num_frames, int(c["frame_skip"]))
+    skipped = {r: 0 for r in FRAME_REASONS + SCENE_REASONS}
+    color_ids, depth_ids = _frame_ids(scene.path / "color", "jpg"), _frame_ids(scene.path / "depth", "png")
+    candidates = sampled
+    if len(color_ids) != len(depth_ids):
+        skipped["color_depth_mismatch"] = 1
+        both = color_ids & depth_ids
+        candidates = [i for i in sampled if i in both]
+        skipped["missing_image"] += len(sampled) - len(candidates)
+
+    voxel, tol = float(c["voxel_size"]), float(c["depth_tolerance"])
+    lim = (GRID_HALF - 1) * voxel
+    frames, pts, cols, keys, depths, c2w_color, c2w_depth, P_color = [], [], [], [], [], [], [], []
+    ray_norm = float(np.linalg.norm(rays_np, axis=1).max())
+    outside_color = 0
+    for i in candidates:
+        got = _read_frame(scene, i, float(c["min_valid_depth"]))
+        if isinstance(got, str):
+            skipped[got] = skipped.get(got, 0) + 1
+            continue
+        pose, depth_np, color_np = got
+        depth = torch.from_numpy(depth_np).to(dev).reshape(-1)
+        color = torch.from_numpy(np.array(color_np)).to(dev)
+        Tc, Td = pose @ ext_c, pose @ ext_d
+        Pc = projection_matrix(Kc_np, Tc, dtype, dev)
+        pix = torch.nonzero(depth > 0).squeeze(1)  # decoded PNG depth is finite
+        world = _affine(_mat(Td, dtype, dev), rays.index_select(0, pix) * depth.index_select(0, pix).unsqueeze(1))
+        if np.abs(Td[:3, 3]).max() + float(depth_np.max()) * ray_norm >= lim:  # bound |world| on the host
+            world = world[in_grid(world, voxel)]
+        vpts, vkeys, _ = voxelize(world, voxel)
+        rgb, out = sample_colors(vpts, color, Pc)
+        outside_color += out
+        frames.append(i)
+        pts.append(vpts)
+        cols.append(rgb)
+        keys.append(vkeys)
+        depths.append(depth)
+        c2w_color.append(Tc)
+        c2w_depth.append(Td)
+        P_color.append(Pc)
+
+    F = len(frames)
+    sizes = [len(p) for p in pts]
+    point_offsets = np.zeros(F + 1, np.int64)
+    point_offsets[1:] = np.cumsum(sizes)
+    all_pts = torch.cat(pts) if F else torch.zeros((0, 3), dtype=dtype, device=dev)
+    frame_of_point = torch.repeat_interleave(torch.arange(F, device=dev), torch.tensor(sizes, dtype=torch.long,
+                                                                                        device=dev))
+    ov = frame_overlaps(keys)
+    paired = ov >= float(c["overlap_threshold"])
+    paired |= torch.eye(F, dtype=torch.bool, device=dev)
+
+    pair_list, overlap_list, pix_list, pt_list, counts = [], [], [], [], []
+    inf = torch.tensor(float("inf"), dtype=dtype, device=dev)
+    for a in range(F):
+        partners = torch.nonzero(paired[a]).squeeze(1)
+        if c2d is not None:
+            observed = torch.cat([depths[a], depths[a].new_zeros(1)]).index_select(0, c2d)
+            zbuf = torch.where(observed > 0, observed, inf)
+        else:
+            zbuf = color_zbuffer(depths[a].view(Hd, Wd), Kd, _mat(c2w_depth[a], dtype, dev), Kc,
+                                 _mat(c2w_color[a], dtype, dev), Wc, Hc, splat=splat)
+        rows = torch.nonzero(paired[a][frame_of_point]).squeeze(1)
+        pix, sel = match_points(all_pts.index_select(0, rows), zbuf, P_color[a], Wc, Hc, tol)
+        idx = rows.index_select(0, sel)  # ascending, so grouped by frame b ascending = pair order
+        per_b = torch.bincount(frame_of_point[idx], minlength=F)[partners]
+        pair_list.append(torch.stack([torch.full_like(partners, a), partners], 1))
+        overlap_list.append(ov[a, partners])
+        pix_list.append(pix)
+        pt_list.append(idx)
+        counts.append(per_b)
+        depths[a] = None  # free as we go
+
+    if F:
+        pairs = torch.cat(pair_list).cpu().numpy().astype(np.int32)
+        overlap = torch.cat(overlap_list).cpu().numpy().astype(np.float32)
+        matches = torch.stack([torch.cat(pix_list), torch.cat(pt_list)], 1).cpu().numpy().astype(np.int32)
+        per_pair = torch.cat(counts).cpu().numpy().astype(np.int64)
+        points = all_pts.cpu().numpy().astype(np.float32)
+        colors = torch.cat(cols).cpu().numpy().astype(np.uint8)
+    else:
+        pairs, overlap = np.zeros((0, 2), np.int32), np.zeros(0, np.float32)
+        matches, per_pair = np.zeros((0, 2), np.int32), np.zeros(0, np.int64)
+        points, colors = np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
+    match_offsets = np.zeros(len(pairs) + 1, np.int64)
+    match_offsets[1:] = np.cumsum(per_pair)
+
+    is_self = pairs[:, 0] == pairs[:, 1]
+    cross = per_pair[~is_self].tolist()
+    self_m = per_pair[is_self].tolist()
+    self_frac = [m / max(s, 1) for m, s in zip(self_m, sizes)]
+    stats = {
+        "scene_id": scene.id,
+        "color_size": [Wc, Hc],
+        "depth_size": [int(dcam.width), int(dcam.height)],
+        "num_frames": scene.num_frames,
+        "params": c,
+        "frames_total": len(sampled),
+        "frames_kept": F,
+        "skipped": skipped,
+        "pairs": int((~is_self).sum()) // 2,
+        "pair_entries": int(len(pairs)),
+        "points": int(len(points)),
+        "points_outside_color": int(outside_color),
+        "matches": int(len(matches)),
+        "matches_per_pair": _summary(cross),
+        "self_matches_per_frame": _summary(self_m),
+        "self_match_fraction_median": round(float(np.median(self_frac)), 4) if self_frac else None,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    return {"frames": np.asarray(frames, np.int32), "points": points, "colors": colors,
+            "point_offsets": point_offsets, "pairs": pairs, "overlap": overlap, "matches": matches,
+            "match_offsets": match_offsets, "stats": stats}
+
+
+# ---------------------------------------------------------------- storage
+
+def write_scene_correspondences(result: dict, scene_dir: str | os.PathLike) -> None:
+    """Write one scene's arrays and ``scene_stats.json`` into ``scene_dir`` (atomically, as a directory)."""
+    with atomic_dir(scene_dir) as tmp:
+        for name, (dtype, _) in ARRAYS.items():
+            np.save(tmp / f"{name}.npy", np.ascontiguousarray(result[name], dtype=dtype))
+        write_json(tmp / "scene_stats.json", {"format": FORMAT, **result["stats"]})
+
+
+def read_scene_stats(scene_dir: str | os.PathLike) -> dict:
+    p = Path(scene_dir) / "scene_stats.json"
+    try:
+        stats = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{p}: file not found (not a correspondences scene directory)") from None
+    except json.JSONDecodeError as e:
+        raise bad(p, "scene_stats.json", "valid JSON", str(e)) from None
+    if stats.get("format") != FORMAT:
+        raise bad(p, "format", FORMAT, stats.get("format"))
+    for key in ("scene_id", "color_size", "params"):
+        if key not in stats:
+            raise bad(p, key, "a value")
+    return stats
+
+
+def load_scene_correspondences(scene_dir: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Memory-map one scene's arrays, checking that every file exists with the dtype and length it must have."""
+    d = Path(scene_dir)
+    out = {}
+    for name, (dtype, tail) in ARRAYS.items():
+        p = d / f"{name}.npy"
+        if not p.exists():
+            raise InputError(f"{p}: file not found (a correspondences scene directory holds "
+                             f"{', '.join(n + '.npy' for n in ARRAYS)})")
+        try:
+            a = np.load(p, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise bad(p, "array", "a readable .npy file", str(e)) from None
+        if a.dtype != dtype or a.shape[1:] != tail:
+            raise bad(p, "array", f"{np.dtype(dtype).name} of shape [n{''.join(f', {t}' for t in tail)}]",
+                      f"{a.dtype.name} {list(a.shape)}")
+        out[name] = a
+    F, P, Q, M = len(out["frames"]), len(out["points"]), len(out["pairs"]), len(out["matches"])
+
+    def need(name: str, ok: bool, expected: str, got: object) -> None:
+        if not ok:
+            raise bad(d / f"{name}.npy", "length", expected, got)
+
+    need("colors", len(out["colors"]) == P, f"{P} rows (one per point in points.npy)", len(out["colors"]))
+    po, mo = out["point_offsets"], out["match_offsets"]
+    need("point_offsets", len(po) == F + 1, f"{F + 1} entries (frames.npy + 1)", len(po))
+    need("point_offsets", po[0] == 0 and po[-1] == P and bool((np.diff(po) >= 0).all()),
+         f"non-decreasing offsets from 0 to {P} (points.npy)", f"{int(po[0])}..{int(po[-1])}")
+    need("overlap", len(out["overlap"]) == Q, f"{Q} entries (one per pair in pairs.npy)", len(out["overlap"]))
+    need("match_offsets", len(mo) == Q + 1, f"{Q + 1} entries (pairs.npy + 1)", len(mo))
+    need("match_offsets", mo[0] == 0 and mo[-1] == M and bool((np.diff(mo) >= 0).all()),
+         f"non-decreasing offsets from 0 to {M} (matches.npy)", f"{int(mo[0])}..{int(mo[-1])}")
+    if Q:
+        need("pairs", int(out["pairs"].min()) >= 0 and int(out["pairs"].max()) < F,
+             f"frame indices in [0, {F})", f"[{int(out['pairs'].min())}, {int(out['pairs'].max())}]")
+    return out
+
+
+def check_matches_scene(corr_dir: str | os.PathLike, scene: Scene) -> None:
+    """Raise a one-line ``InputError`` when a scene's correspondences were not made from this scan."""
+    d = Path(corr_dir)
+    stats = read_scene_stats(d)
+    arrays = load_scene_correspondences(d)
+    where = f"{d}: correspondences do not match scan {scene.path}"
+    if stats["scene_id"] != scene.id:
+        raise InputError(f"{where}: scene id {stats['scene_id']!r}, the scan is {scene.id!r}")
+    if list(stats["color_size"]) != list(scene.meta.get("color_size", [])):
+        raise InputError(f"{where}: colour size {stats['color_size']}, the scan's is {scene.meta.get('color_size')}")
+    frames = np.asarray(arrays["frames"])
+    skip = int(stats["params"].get("frame_skip", 1))
+    bad_ids = sorted(set(frames.tolist()) - set(sampled_frames(scene.num_frames, skip)))
+    if bad_ids:
+        raise InputError(f"{where}: frame ids {bad_ids[:5]} are not sampled frames of its "
+                         f"{scene.num_frames} frames (frame_skip {skip})")
+    W, H = stats["color_size"]
+    if len(arrays["matches"]):
+        col = arrays["matches"][:, 0]
+        if int(col.min()) < 0 or int(col.max()) >= W * H:
+            raise InputError(f"{where}: pixel indices up to {int(col.max())}, the colour image has {W * H} pixels")
+        pts = arrays["matches"][:, 1]
+        if int(pts.min()) < 0 or int(pts.max()) >= len(arrays["points"]):
+            raise InputError(f"{where}: point indices up to {int(pts.max())}, points.npy has {len(arrays['points'])}")
+
+
+# ---------------------------------------------------------------- the stage
+
+@contextlib.contextmanager
+def cpu_threads(device, n: int = 1):
+    """On CPU, run torch with ``n`` intra-op threads (restored afterwards).
+
+    A frame's tensors are small (tens of thousands of elements): extra threads gain little, and on a shared
+    machine one descheduled worker stalls every op at its barrier (measured: 30 ms per scene with one
+    thread, 0.2 to 3 s with two under load).
+    """
+    if torch.device(device).type != "cpu" or torch.get_num_threads() == n:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_stage(cfg: dict, data_root: Path, out_dir: Path, device=None, progress: bool = True) -> dict:
+    """Correspondences of every ``train`` and ``val`` scene into ``out_dir`` (an existing directory).
+
+    ``cfg`` is the full resolved params dict. Writes ``out_dir/<scene_id>/`` per scene and, last,
+    ``out_dir/manifest.json``; returns the stage's metrics (totals, medians and per-scene statistics).
+    """
+    t0 = time.perf_counter()
+    c = _check_cfg(cfg["correspondences"])
+    dev = _dev(device)
+    ds = Dataset(data_root)
+    out_dir = Path(out_dir)
+    jobs = [(split, sid) for split in STAGE_SPLITS for sid in ds.split(split)]
+    per_scene = []
+    with cpu_threads(dev):
+        for split, sid in tqdm(jobs, desc="correspondences", unit="scene", disable=not progress):
+            result = process_scene(ds.scene(sid), c, dev)
+            write_scene_correspondences(result, out_dir / sid)
+            per_scene.append({"split": split, **{k: v for k, v in result["stats"].items() if k != "params"}})
+            del result
+
+    def tot(key):
+        return int(sum(s[key] for s in per_scene))
+
+    skipped = {r: int(sum(s["skipped"].get(r, 0) for s in per_scene)) for r in FRAME_REASONS + SCENE_REASONS}
+    med_mpp = [s["matches_per_pair"]["median"] for s in per_scene if s["matches_per_pair"]["median"] is not None]
+    totals = {
+        "scenes": len(per_scene),
+        "frames_total": tot("frames_total"),
+        "frames_kept": tot("frames_kept"),
+        "frames_skipped": tot("frames_total") - tot("frames_kept"),
+        "pairs": tot("pairs"),
+        "points": tot("points"),
+        "matches": tot("matches"),
+        "median_pairs_per_scene": float(statistics.median([s["pairs"] for s in per_scene])) if per_scene else 0.0,
+        "median_points_per_scene": float(statistics.median([s["points"] for s in per_scene])) if per_scene else 0.0,
+        "median_matches_per_pair": float(statistics.median(med_mpp)) if med_mpp else 0.0,
+        "scenes_without_pairs": sum(1 for s in per_scene if s["pairs"] == 0),
+        **{f"skipped_{r}": n for r, n in skipped.items()},
+    }
+    manifest = {"format": FORMAT, "scenes": [sid for _, sid in jobs],
+                "splits": {sp: [sid for s2, sid in jobs if s2 == sp] for sp in STAGE_SPLITS},
+                "params": c, "dataset_source": ds.meta.get("source"), "totals": totals}
+    write_json(out_dir / "manifest.json", manifest)
+    return {**totals, "seconds": round(time.perf_counter() - t0, 2), "per_scene": per_scene}
+
+
+def load_manifest(out_dir: str | os.PathLike) -> dict:
+    p = Path(out_dir) / "manifest.json"
+    try:
+        m = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{p}: file not found (run the correspondences stage first)") from None
+    except json.JSONDecodeError as e:
+        raise bad(p, "manifest.json", "valid JSON", str(e)) from None
+    if m.get("format") != FORMAT or "scenes" not in m:
+        raise bad(p, "format", FORMAT, m.get("format"))
+    return m
