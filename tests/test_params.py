@@ -48,9 +48,9 @@ def test_bad_params_give_one_line_naming_the_key(mutate, message):
 def test_unknown_key_lists_allowed_keys():
     cfg = yaml.safe_load((ROOT / "params.yaml").read_text())
     cfg["pretrain"]["epoch"] = 3
-    with pytest.raises(InputError, match=r"pretrain.epoch: unknown key; expected one of the known keys "
-                                         r"\['backbone', 'epochs', 'variants'\]"):
+    with pytest.raises(InputError, match=r"pretrain.epoch: unknown key; expected one of the known keys \[") as e:
         params.validate(cfg)
+    assert "'epochs'" in str(e.value) and "'backbone'" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_sections_json_is_validated_section_by_section():

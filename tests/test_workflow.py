@@ -68,17 +68,16 @@ def test_tiny_pipeline_under_snakemake_and_dvc(tmp_path):
     assert pngs == ["val_0000_frame.png", "val_0000_scene.png"]
     assert "Nothing to be done" in _run(SNAKEMAKE + ["-n", "show"], proj, env).stdout
 
-    # --- correspondences and CLIP features (with the offline bootstrap) on the tiny world
-    _run(SNAKEMAKE + ["correspondences", "clip_features"], proj, env)
-    for manifest in ("data/correspondences/manifest.json", "data/clip_features/t4p-tiny/manifest.json"):
-        assert (proj / manifest).exists()
-    assert (proj / "models/clip/bootstrap.pt").exists()
+    # --- correspondences on the tiny world
+    _run(SNAKEMAKE + ["correspondences"], proj, env)
+    assert (proj / "data/correspondences/manifest.json").exists()
+    assert (proj / "results/metrics/correspondences.json").exists()
 
     # --- a stage that is not built yet fails loudly and leaves nothing behind
-    r = _run(SNAKEMAKE + ["models/pretrain/text4point/checkpoint.pt"], proj, env, check=False)
+    r = _run(SNAKEMAKE + ["clip_bootstrap"], proj, env, check=False)
     assert r.returncode != 0
-    assert "stage 'pretrain' is not built yet (issue #4)" in (proj / "logs/pretrain/text4point.log").read_text()
-    assert not (proj / "models/pretrain/text4point").exists()
+    assert "stage 'clip-bootstrap' is not built yet (issue #3)" in (proj / "logs/clip_bootstrap.log").read_text()
+    assert not (proj / "models/clip/bootstrap.pt").exists()
 
     # --- DVC: its stages call Snakemake, which finds nothing to recompute
     bench = (proj / "results/benchmarks/stages/data.tsv").read_text()
