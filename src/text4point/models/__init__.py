@@ -16,12 +16,14 @@ and :meth:`Backbone.forward` is ``decode(encode(...), encoded.h)`` packed as a
 Inputs follow PyTorch Geometric: ``x`` (``N × in_channels``; colour in ``[0, 1]``, optionally
 normals), ``pos`` (``N × 3``, metres) and ``batch`` (``N``, cloud index of each point; ``None``
 means a single cloud). Sampling and grouping (farthest-point sampling, radius and k-NN queries)
-are torch_cluster's; nothing here calls ``.cuda()``.
+are torch_cluster's; tensors stay on the device of the inputs.
 
 Backbones are registered by name in :data:`BACKBONES`; :func:`build_backbone` builds one.
 """
 
 from __future__ import annotations
+
+import abc
 
 from dataclasses import dataclass
 
@@ -94,7 +96,7 @@ class BackboneOutput:
     encoded: Encoded
 
 
-class Backbone(nn.Module):
+class Backbone(nn.Module, abc.ABC):
     """Base class of the 3D U-Nets: encoder ``f3D`` → bottleneck ``h3D`` → decoder ``g3D``.
 
     Subclasses set ``in_channels``, ``bottleneck_dim`` (d') and ``out_dim`` and implement
@@ -117,13 +119,14 @@ class Backbone(nn.Module):
             raise ValueError(f"batch: expected shape [{pos.size(0)}], got {list(batch.shape)}")
         return self._encode(x, pos, batch.long())
 
-    def _encode(self, x: Tensor, pos: Tensor, batch: Tensor) -> Encoded:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _encode(self, x: Tensor, pos: Tensor, batch: Tensor) -> Encoded:
+        """The encoder ``f3D`` proper (inputs already checked)."""
 
-    def decode(self, encoded: Encoded, h: Tensor) -> Tensor:  # pragma: no cover
+    @abc.abstractmethod
+    def decode(self, encoded: Encoded, h: Tensor) -> Tensor:
         """Run the decoder ``g3D`` on a bottleneck feature ``h`` (``N_b × d'``; ``h3D`` or
         ``h3D_aggr``) with the skips of ``encoded``; returns ``z3D`` (``N × out_dim``)."""
-        raise NotImplementedError
 
     def _check_bottleneck(self, encoded: Encoded, h: Tensor) -> None:
         expected = [encoded.pos_b.size(0), self.bottleneck_dim]
