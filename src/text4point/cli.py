@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from . import params as P
 from .errors import InputError
 from .fsutil import atomic_dir, atomic_path, clean_stale_temporaries, write_json
 
-NOT_BUILT = {"clip-bootstrap": 3, "clip-features": 3, "pretrain": 4, "finetune": 5, "tables": 5}  # stage -> the issue that builds it
+NOT_BUILT = {"finetune": 5, "tables": 5}  # stage -> the issue that builds it
 
 
 def _load_params(args) -> dict:
@@ -102,6 +103,42 @@ def cmd_correspondences(args) -> None:
     _finish("correspondences", cfg, ("seed", "correspondences"), metrics, args.metrics)
 
 
+def cmd_clip_bootstrap(args) -> None:
+    from .clip import bootstrap
+    from .runtime import device
+
+    cfg = _start(args)
+    t0 = time.perf_counter()
+    metrics = bootstrap.run_stage(cfg, Path(args.data), Path(args.out), device(), progress=not args.quiet)
+    metrics = {"seconds_total": round(time.perf_counter() - t0, 2), **metrics}
+    _finish("clip_bootstrap", cfg, ("seed", "clip"), metrics, args.metrics, tags={"clip_model": cfg["clip"]["model"]})
+
+
+def cmd_clip_features(args) -> None:
+    from .clip import features
+    from .runtime import device
+
+    cfg = _start(args)
+    checkpoint = Path(args.clip_checkpoint) if args.clip_checkpoint else None
+    metrics = _into_dir(args.out, lambda tmp: features.run_stage(cfg, Path(args.data), tmp, device(),
+                                                                 progress=not args.quiet, checkpoint=checkpoint))
+    _finish("clip_features", cfg, ("seed", "clip", "correspondences"), metrics, args.metrics,
+            tags={"clip_model": cfg["clip"]["model"]})
+
+
+def cmd_pretrain(args) -> None:
+    from .pretrain import run_stage
+    from .runtime import device
+
+    cfg = _start(args)
+    features = Path(args.features) if args.features else None
+    clip_checkpoint = Path(args.clip_checkpoint) if args.clip_checkpoint else None
+    metrics = run_stage(cfg, Path(args.data), Path(args.corr), features, args.variant, Path(args.out), device(),
+                        progress=not args.quiet, clip_checkpoint=clip_checkpoint)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 writes the metrics
+        write_json(args.metrics, metrics)  # the engine records its own MLflow run (per-step curves)
+
+
 def cmd_show(args) -> None:
     from .show import show
 
@@ -150,6 +187,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     stage("correspondences", "frame pairs and pixel<->point correspondences", cmd_correspondences,
           "dataset root", "correspondence directory to write (replaced atomically)")
+    stage("clip-bootstrap", "train the small offline open_clip model", cmd_clip_bootstrap,
+          "dataset root (its clip split trains, its val split evaluates)", "checkpoint to write")
+    p = stage("clip-features", "cache dense CLIP image features and text embeddings", cmd_clip_features,
+              "dataset root", "feature directory to write (replaced atomically)")
+    p.add_argument("--clip-checkpoint", help="the bootstrap checkpoint (when clip.pretrained is 'bootstrap')")
+
+    p = with_params(sub.add_parser("pretrain", help="pre-train a 3D backbone (text4point, image_contrast, pointcontrast)"))
+    p.add_argument("--variant", required=True, help="text4point | image_contrast | pointcontrast")
+    p.add_argument("--data", required=True, help="dataset root (train split trains, val split is evaluated zero-shot)")
+    p.add_argument("--corr", required=True, help="the correspondences stage's directory")
+    p.add_argument("--features", help="the clip_features stage's directory (image variants and zero-shot)")
+    p.add_argument("--clip-checkpoint", help="the bootstrap CLIP checkpoint (when clip.pretrained is 'bootstrap')")
+    p.add_argument("--out", required=True, help="final checkpoint to write (epoch checkpoints go beside it)")
+    p.add_argument("--metrics", required=True, help="metrics JSON to write")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("show", help="PNG previews: a scene's points by class and a frame's colour/depth/labels")
     p.add_argument("--data", required=True, help="dataset root")
