@@ -1,4 +1,5 @@
-# Pre-training variants (issue #4): one job per variant.
+# Pre-training variants (issue #4): one job per variant. Epoch checkpoints go to
+# models/pretrain/{variant}/epochs/ and a rerun resumes from the newest compatible one.
 
 
 rule pretrain:
@@ -6,13 +7,18 @@ rule pretrain:
         data=DATASET,
         corr=f"{CORR}/manifest.json",
         features=f"{FEATURES}/manifest.json",
+        model=clip_model_inputs,
     output:
         checkpoint="models/pretrain/{variant}/checkpoint.pt",
         metrics="results/metrics/pretrain/{variant}.json",
     wildcard_constraints:
         variant="|".join(["text4point", "image_contrast", "pointcontrast"]),
     params:
-        cfg=sections("seed", "pretrain", "clip", "tracking"),
+        cfg=sections("seed", "pretrain", "clip", "correspondences", "tracking"),
+        checkpoint=lambda wildcards, input: f"--clip-checkpoint {input.model[0]}" if input.model else "",
+        root=dirname_of("input", "data"),
+        corr=dirname_of("input", "corr"),
+        features=dirname_of("input", "features"),
     conda:
         "../envs/text4point.yaml"
     log:
@@ -20,5 +26,6 @@ rule pretrain:
     benchmark:
         "results/benchmarks/stages/pretrain_{variant}.tsv"
     shell:
-        "text4point pretrain --params-json {params.cfg:q} --variant {wildcards.variant} "
-        "--out {output.checkpoint} --metrics {output.metrics} > {log} 2>&1"
+        "text4point pretrain --params-json {params.cfg:q} --variant {wildcards.variant} --data {params.root} "
+        "--corr {params.corr} --features {params.features} {params.checkpoint} "
+        "--out {output.checkpoint} --metrics {output.metrics} --quiet > {log} 2>&1"

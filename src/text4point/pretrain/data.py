@@ -1,0 +1,487 @@
+"""Pre-training data: frames (pixel <-> point) and frame pairs (point <-> point), read lazily from memmaps.
+
+Two datasets over the outputs of the ``correspondences`` and ``clip_features`` stages:
+
+:class:`FrameDataset` (``text4point``, ``image_contrast``): one item per (scene, kept frame) that has
+points, a self pair with matches and a cached CLIP feature map. An item holds
+
+- the frame's voxel points (``pos``, world metres) and colours (``x = rgb / 255``), at most ``max_points``
+  of them (a seeded random subset) in a seeded random order (farthest-point sampling starts at the first
+  point of a cloud, so the order is the only source of variety there);
+- ``num_matches`` pixel <-> point correspondences drawn (seeded, without replacement) from the frame's self
+  pair (its colour image with its own points) and, when ``cross_frame`` is true, from the pairs ``(a, f)``,
+  ``a != f``: the colour image of an overlapping frame ``a`` with the points of this frame ``f`` - the
+  paper's "image and point cloud from different, overlapping frames". A match is (local point index,
+  image, colour pixel); its CLIP feature ``h2D`` is looked up in the image's dense feature map through the
+  grid geometry (:func:`~text4point.clip.features.features_at_pixels`), so only the sampled pixels' features
+  are read.
+
+:class:`PairDataset` (``pointcontrast``): one item per unordered non-self pair ``(a, b)`` of a scene, with
+both frames' points (subset and shuffled as above, each rotated by an independent seeded random angle about
+the gravity axis z, as PointContrast augments its pairs) and ``num_matches`` point <-> point
+correspondences. Two points correspond when they are the voxel points of one voxel: every frame is
+voxelized on the same world-aligned grid (``correspondences.voxel_size``), a voxel point is the mean of its
+voxel's samples and therefore lies in that voxel, so ``floor(p / voxel_size)`` of the (pre-rotation) world
+position is the voxel's key in either frame. This is the definition of the pairs' ``overlap`` as well, and
+it needs no depth test (both frames observed the voxel).
+
+Randomness of an item depends only on ``(seed, epoch, index)``: the sampler hands ``(epoch, index)`` keys to
+the workers (:class:`EpochSampler`), so persistent workers, resumed runs and any number of workers give the
+same batches. The large arrays (points, colours, matches, features) are memory maps opened on first use in
+each worker; an item reads only its frame's slices. The small per-scene index arrays (frames, offsets,
+pairs) are read once when the dataset is built.
+
+Batches follow PyTorch Geometric (``x``, ``pos``, ``batch``), with match indices offset into the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ..clip.features import FeatureCache, features_at_pixels, pixel_to_cell
+from ..correspondences import check_matches_scene, load_manifest
+from ..errors import InputError
+from ..scene import Dataset
+
+IMAGE_VARIANTS = ("text4point", "image_contrast")
+PAIR_VARIANTS = ("pointcontrast",)
+VARIANTS = IMAGE_VARIANTS + PAIR_VARIANTS
+IMAGE_KEY_STRIDE = 1 << 20  # image key = scene index * stride + frame row (frames per scene < 2**20)
+
+
+def _load_small(scene_dir: Path) -> dict[str, np.ndarray]:
+    """The per-scene index arrays (read fully: a few KB)."""
+    return {name: np.load(scene_dir / f"{name}.npy") for name in ("frames", "point_offsets", "pairs",
+                                                                  "match_offsets")}
+
+
+def _open_big(scene_dir: Path) -> dict[str, np.ndarray]:
+    return {name: np.load(scene_dir / f"{name}.npy", mmap_mode="r") for name in ("points", "colors", "matches")}
+
+
+class _Lazy:
+    """Memory maps opened on first use in each process (never pickled to workers)."""
+
+    def __init__(self):
+        self._big: dict[int, dict] = {}
+        self._feat: dict[int, np.ndarray] = {}
+
+    def __getstate__(self):
+        return {}
+
+    def __setstate__(self, state):
+        self.__init__()
+
+
+def _seeded_rng(seed: int, epoch: int, index: int, salt: int = 0) -> np.random.Generator:
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), int(index), int(salt)])
+
+
+def _subset(n: int, max_points: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A random order of at most ``max_points`` of ``n`` points, and the inverse map (-1: dropped)."""
+    keep = rng.permutation(n)[:max_points]
+    inv = np.full(n, -1, np.int64)
+    inv[keep] = np.arange(len(keep))
+    return keep, inv
+
+
+def _split_key(key) -> tuple[int, int]:
+    if isinstance(key, (tuple, list)):
+        return int(key[0]), int(key[1])
+    return 0, int(key)
+
+
+class _Base(torch.utils.data.Dataset):
+    def __init__(self, corr_dir: Path, data_root: Path, scene_ids: list[str], max_points: int,
+                 num_matches: int, seed: int):
+        self.corr_dir = Path(corr_dir)
+        self.scene_ids = list(scene_ids)
+        self.max_points, self.num_matches, self.seed = int(max_points), int(num_matches), int(seed)
+        if not self.scene_ids:
+            raise InputError(f"{self.corr_dir}: no scenes to pre-train on")
+        manifest = load_manifest(self.corr_dir)
+        self.voxel_size = float(manifest["params"]["voxel_size"])
+        ds = Dataset(data_root)
+        self.small = []
+        for sid in self.scene_ids:
+            d = self.corr_dir / sid
+            if not (d / "frames.npy").exists():
+                raise InputError(f"{d}: scene {sid} has no correspondences (rerun the correspondences stage)")
+            check_matches_scene(d, ds.scene(sid))
+            self.small.append(_load_small(d))
+        self._lazy = _Lazy()
+        self.skipped: dict[str, int] = {}
+
+    def _big(self, si: int) -> dict[str, np.ndarray]:
+        got = self._lazy._big.get(si)
+        if got is None:
+            got = self._lazy._big[si] = _open_big(self.corr_dir / self.scene_ids[si])
+        return got
+
+    def _skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    def _frame_cloud(self, si: int, f: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(pos [n,3] float32, x [n,3] float32 in [0, 1], inverse map: frame point -> row or -1)."""
+        po = self.small[si]["point_offsets"]
+        big = self._big(si)
+        lo, hi = int(po[f]), int(po[f + 1])
+        keep, inv = _subset(hi - lo, self.max_points, rng)
+        keep_sorted = np.sort(keep)  # contiguous-ish reads from the memmap, then reordered
+        pts = np.asarray(big["points"][lo:hi][keep_sorted], np.float32)
+        cols = np.asarray(big["colors"][lo:hi][keep_sorted])
+        order = np.searchsorted(keep_sorted, keep)
+        pos = pts[order]
+        x = cols[order].astype(np.float32) / 255.0
+        return pos, x, inv
+
+
+# ---------------------------------------------------------------- frames (pixel <-> point)
+
+
+class FrameDataset(_Base):
+    """(scene, kept frame) items with pixel <-> point matches and their CLIP features (see the module doc).
+
+    Args:
+        corr_dir: the ``correspondences`` stage's output directory.
+        data_root: the dataset root (to check that the correspondences were made from its scans).
+        features: the ``clip_features`` cache (:func:`~text4point.clip.features.load_features`).
+        scene_ids: scenes to use (e.g. the ``train`` split).
+        max_points: points per frame at most.
+        num_matches: matches drawn per frame.
+        seed: the data seed.
+        cross_frame: also draw matches of overlapping pairs ``(a, f)``, ``a != f``.
+    """
+
+    def __init__(self, corr_dir: Path, data_root: Path, features: FeatureCache, scene_ids: list[str],
+                 max_points: int, num_matches: int, seed: int, cross_frame: bool = False):
+        super().__init__(corr_dir, data_root, scene_ids, max_points, num_matches, seed)
+        self.features_root = features.root
+        self.cross_frame = bool(cross_frame)
+        self.grids, self.feature_rows, self.items = [], [], []
+        self.sources: list[dict[int, list[int]]] = []  # per scene: frame -> pair rows whose points are that frame
+        cached = set(features.scene_ids)
+        for si, sid in enumerate(self.scene_ids):
+            if sid not in cached:
+                raise InputError(f"{features.root}: scene {sid} has no CLIP features (rerun the clip_features stage "
+                                 f"with the same dataset)")
+            s = self.small[si]
+            grid = features.grid(sid)
+            self.grids.append(grid)
+            rows = {int(fid): r for r, fid in enumerate(features.frames(sid).tolist())}
+            frame_rows = np.array([rows.get(int(fid), -1) for fid in s["frames"]], np.int64)
+            self.feature_rows.append(frame_rows)
+            pairs, mo, po = s["pairs"], s["match_offsets"], s["point_offsets"]
+            counts = np.diff(mo)
+            src: dict[int, list[int]] = {}
+            for q, (a, b) in enumerate(pairs.tolist()):
+                if counts[q] == 0 or frame_rows[a] < 0:
+                    continue
+                if a == b or self.cross_frame:
+                    src.setdefault(b, []).append(q)
+            self.sources.append(src)
+            for f in range(len(s["frames"])):
+                if po[f + 1] == po[f]:
+                    self._skip("no_points")
+                elif frame_rows[f] < 0:
+                    self._skip("no_features")
+                elif not any(pairs[q, 0] == f for q in src.get(f, [])):
+                    self._skip("no_self_matches")
+                else:
+                    self.items.append((si, f))
+        if not self.items:
+            raise InputError(f"{self.corr_dir}: no usable frames in scenes {self.scene_ids[:5]} (skipped: "
+                             f"{self.skipped}); check the correspondences and clip_features outputs")
+
+    def _features(self, si: int) -> np.ndarray:
+        got = self._lazy._feat.get(si)
+        if got is None:
+            got = self._lazy._feat[si] = np.load(self.features_root / self.scene_ids[si] / "features.npy",
+                                                 mmap_mode="r")
+        return got
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def name(self, index: int) -> str:
+        si, f = self.items[index]
+        return f"{self.scene_ids[si]}/frame {int(self.small[si]['frames'][f])}"
+
+    def __getitem__(self, key) -> dict:
+        epoch, index = _split_key(key)
+        si, f = self.items[index]
+        rng = _seeded_rng(self.seed, epoch, index)
+        pos, x, inv = self._frame_cloud(si, f, rng)
+        s, big = self.small[si], self._big(si)
+        po0 = int(s["point_offsets"][f])
+        pix, pts, img = [], [], []
+        for q in self.sources[si].get(f, []):
+            lo, hi = int(s["match_offsets"][q]), int(s["match_offsets"][q + 1])
+            m = np.asarray(big["matches"][lo:hi])
+            local = inv[m[:, 1].astype(np.int64) - po0]
+            ok = local >= 0
+            pix.append(m[ok, 0].astype(np.int64))
+            pts.append(local[ok])
+            img.append(np.full(int(ok.sum()), int(s["pairs"][q, 0]), np.int64))
+        pix = np.concatenate(pix) if pix else np.zeros(0, np.int64)
+        pts = np.concatenate(pts) if pts else np.zeros(0, np.int64)
+        img = np.concatenate(img) if img else np.zeros(0, np.int64)
+        if len(pix) > self.num_matches:
+            pick = np.sort(rng.choice(len(pix), self.num_matches, replace=False))
+            pix, pts, img = pix[pick], pts[pick], img[pick]
+        grid = self.grids[si]
+        W = int(grid["color_size"][0])
+        u, v = pix % W, pix // W
+        row, col = pixel_to_cell(u, v, grid)
+        cell = row * int(grid["grid"][1]) + col
+        feats = self._features(si)
+        d = int(feats.shape[-1])
+        h2d = np.empty((len(pix), d), np.float16)
+        for a in np.unique(img):
+            sel = img == a
+            fmap = np.asarray(feats[int(self.feature_rows[si][a])])
+            h2d[sel] = features_at_pixels(fmap, u[sel], v[sel], grid)
+        image_key = si * IMAGE_KEY_STRIDE + img
+        return {"pos": pos, "x": x, "m_point": pts, "m_cell": cell, "m_image": image_key, "h2d": h2d,
+                "name": self.name(index), "cells": int(grid["grid"][0]) * int(grid["grid"][1])}
+
+
+@dataclass
+class FrameBatch:
+    """A batch of frames: PyG-style clouds and the sampled pixel <-> point matches.
+
+    ``m_point`` indexes ``pos``/``x`` (offset into the batch); ``h2d`` (``M × d``, float16 as cached) is
+    CLIP's dense feature at each match's pixel; ``pixel_id`` numbers the distinct (image, feature cell)
+    pairs of the batch (matches of one cell share their ``h2D``: the InfoNCE's ``ids_a``). The matches are
+    grouped by frame, ``m_counts[k]`` of frame ``k`` (a host list: the per-frame InfoNCE splits on it
+    without a device synchronisation).
+    """
+
+    x: Tensor
+    pos: Tensor
+    batch: Tensor
+    m_point: Tensor
+    pixel_id: Tensor
+    h2d: Tensor
+    m_counts: list[int] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    num_clouds: int = 0
+
+    def to(self, device, non_blocking: bool = False) -> "FrameBatch":
+        t = {k: getattr(self, k).to(device, non_blocking=non_blocking)
+             for k in ("x", "pos", "batch", "m_point", "pixel_id", "h2d")}
+        return FrameBatch(**t, m_counts=self.m_counts, names=self.names, num_clouds=self.num_clouds)
+
+    def pin_memory(self) -> "FrameBatch":
+        t = {k: getattr(self, k).pin_memory() for k in ("x", "pos", "batch", "m_point", "pixel_id", "h2d")}
+        return FrameBatch(**t, m_counts=self.m_counts, names=self.names, num_clouds=self.num_clouds)
+
+    @property
+    def num_points(self) -> int:
+        return int(self.pos.size(0))
+
+
+def _clouds(samples: list[dict], pos_key: str = "pos", x_key: str = "x") -> tuple[Tensor, Tensor, Tensor, np.ndarray]:
+    sizes = np.array([len(s[pos_key]) for s in samples], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    pos = torch.from_numpy(np.concatenate([s[pos_key] for s in samples]))
+    x = torch.from_numpy(np.concatenate([s[x_key] for s in samples]))
+    batch = torch.repeat_interleave(torch.arange(len(samples)), torch.from_numpy(sizes))
+    return x, pos, batch, offsets
+
+
+def collate_frames(samples: list[dict]) -> FrameBatch:
+    """Frames -> :class:`FrameBatch`; a batch without any match is a one-line ``InputError`` naming its frames."""
+    names = [s["name"] for s in samples]
+    total = sum(len(s["m_point"]) for s in samples)
+    if total == 0:
+        raise InputError(f"pre-training batch of {', '.join(names)}: no pixel-point matches left after "
+                         f"subsampling the points (max_points) - every frame of it is empty")
+    x, pos, batch, offsets = _clouds(samples)
+    m_point = torch.from_numpy(np.concatenate([s["m_point"] + o for s, o in zip(samples, offsets)]))
+    cells = max(s["cells"] for s in samples)
+    key = np.concatenate([s["m_image"] * cells + s["m_cell"] for s in samples])
+    _, pixel_id = np.unique(key, return_inverse=True)
+    h2d = torch.from_numpy(np.concatenate([s["h2d"] for s in samples]))
+    return FrameBatch(x=x, pos=pos, batch=batch, m_point=m_point, pixel_id=torch.from_numpy(pixel_id.reshape(-1)),
+                      h2d=h2d, m_counts=[len(s["m_point"]) for s in samples], names=names,
+                      num_clouds=len(samples))
+
+
+# ---------------------------------------------------------------- pairs (point <-> point)
+
+
+def _voxel_keys(pos: np.ndarray, voxel_size: float) -> np.ndarray:
+    cell = np.floor(pos.astype(np.float64) / voxel_size).astype(np.int64) + (1 << 20)
+    return (cell[:, 0] << 42) | (cell[:, 1] << 21) | cell[:, 2]
+
+
+def _rotate_z(pos: np.ndarray, angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    R = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], np.float32)
+    return pos @ R.T
+
+
+class PairDataset(_Base):
+    """Unordered non-self frame pairs of a scene with point <-> point matches (see the module doc).
+
+    ``rotate``: rotate each frame by an independent random angle about z (PointContrast's augmentation).
+    """
+
+    def __init__(self, corr_dir: Path, data_root: Path, scene_ids: list[str], max_points: int,
+                 num_matches: int, seed: int, rotate: bool = True):
+        super().__init__(corr_dir, data_root, scene_ids, max_points, num_matches, seed)
+        self.rotate = bool(rotate)
+        self.items = []
+        for si in range(len(self.scene_ids)):
+            s = self.small[si]
+            po = s["point_offsets"]
+            for a, b in s["pairs"].tolist():
+                if a < b:
+                    if po[a + 1] == po[a] or po[b + 1] == po[b]:
+                        self._skip("no_points")
+                    else:
+                        self.items.append((si, a, b))
+        if not self.items:
+            raise InputError(f"{self.corr_dir}: no overlapping frame pairs in scenes {self.scene_ids[:5]} "
+                             f"(pointcontrast needs pairs; lower correspondences.overlap_threshold?)")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def name(self, index: int) -> str:
+        si, a, b = self.items[index]
+        fr = self.small[si]["frames"]
+        return f"{self.scene_ids[si]}/frames {int(fr[a])}+{int(fr[b])}"
+
+    def __getitem__(self, key) -> dict:
+        epoch, index = _split_key(key)
+        si, a, b = self.items[index]
+        rng = _seeded_rng(self.seed, epoch, index)
+        pos_a, x_a, _ = self._frame_cloud(si, a, rng)
+        pos_b, x_b, _ = self._frame_cloud(si, b, rng)
+        _, ia, ib = np.intersect1d(_voxel_keys(pos_a, self.voxel_size), _voxel_keys(pos_b, self.voxel_size),
+                                   assume_unique=False, return_indices=True)
+        if len(ia) > self.num_matches:
+            pick = np.sort(rng.choice(len(ia), self.num_matches, replace=False))
+            ia, ib = ia[pick], ib[pick]
+        if self.rotate:
+            pos_a = _rotate_z(pos_a, rng.uniform(0, 2 * np.pi))
+            pos_b = _rotate_z(pos_b, rng.uniform(0, 2 * np.pi))
+        return {"pos_a": pos_a, "x_a": x_a, "pos_b": pos_b, "x_b": x_b, "m_a": ia.astype(np.int64),
+                "m_b": ib.astype(np.int64), "name": self.name(index)}
+
+
+@dataclass
+class PairBatch:
+    """A batch of frame pairs: cloud ``2k`` is frame a of pair k, cloud ``2k + 1`` its frame b;
+    ``m_a[i]`` and ``m_b[i]`` index corresponding points (offset into the batch), grouped by pair
+    (``m_counts[k]`` of pair ``k``)."""
+
+    x: Tensor
+    pos: Tensor
+    batch: Tensor
+    m_a: Tensor
+    m_b: Tensor
+    m_counts: list[int] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    num_clouds: int = 0
+
+    def to(self, device, non_blocking: bool = False) -> "PairBatch":
+        t = {k: getattr(self, k).to(device, non_blocking=non_blocking) for k in ("x", "pos", "batch", "m_a", "m_b")}
+        return PairBatch(**t, m_counts=self.m_counts, names=self.names, num_clouds=self.num_clouds)
+
+    def pin_memory(self) -> "PairBatch":
+        t = {k: getattr(self, k).pin_memory() for k in ("x", "pos", "batch", "m_a", "m_b")}
+        return PairBatch(**t, m_counts=self.m_counts, names=self.names, num_clouds=self.num_clouds)
+
+    @property
+    def num_points(self) -> int:
+        return int(self.pos.size(0))
+
+
+def collate_pairs(samples: list[dict]) -> PairBatch:
+    names = [s["name"] for s in samples]
+    if sum(len(s["m_a"]) for s in samples) == 0:
+        raise InputError(f"pre-training batch of {', '.join(names)}: no corresponding points left after "
+                         f"subsampling the points (max_points) - every pair of it is empty")
+    clouds = []
+    for s in samples:
+        clouds.append({"pos": s["pos_a"], "x": s["x_a"]})
+        clouds.append({"pos": s["pos_b"], "x": s["x_b"]})
+    x, pos, batch, offsets = _clouds(clouds)
+    m_a = torch.from_numpy(np.concatenate([s["m_a"] + offsets[2 * k] for k, s in enumerate(samples)]))
+    m_b = torch.from_numpy(np.concatenate([s["m_b"] + offsets[2 * k + 1] for k, s in enumerate(samples)]))
+    return PairBatch(x=x, pos=pos, batch=batch, m_a=m_a, m_b=m_b, m_counts=[len(s["m_a"]) for s in samples],
+                     names=names, num_clouds=len(clouds))
+
+
+# ---------------------------------------------------------------- loading
+
+
+class EpochSampler(DistributedSampler):
+    """:class:`~torch.utils.data.DistributedSampler` (seeded shuffle per epoch, one shard per rank, padded so
+    every rank gets as many items) that yields ``(epoch, index)`` keys, so an item's randomness follows the
+    epoch even in persistent workers. ``num_replicas=1, rank=0`` is the single-process case."""
+
+    def __iter__(self):
+        epoch = int(self.epoch)
+        for i in super().__iter__():
+            yield (epoch, int(i))
+
+
+def _worker_init(worker_id: int) -> None:
+    # Items draw from their own (seed, epoch, index) generators; seed the global ones anyway, and keep workers
+    # to one intra-op thread each (they only slice arrays).
+    import random
+
+    seed = torch.initial_seed() % 2 ** 32
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.set_num_threads(1)
+
+
+def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, workers: int, seed: int,
+                device: torch.device | str, rank: int = 0, world_size: int = 1, shuffle: bool = True,
+                prefetch_factor: int = 4) -> tuple[DataLoader, EpochSampler, torch.Generator]:
+    """DataLoader of ``dataset`` with its :class:`EpochSampler` and its seeded generator.
+
+    ``persistent_workers`` when ``workers > 0``, ``pin_memory`` on CUDA; call ``sampler.set_epoch(e)``
+    before each epoch.
+    """
+    collate = collate_pairs if isinstance(dataset, PairDataset) else collate_frames
+    sampler = EpochSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
+                           drop_last=False)
+    generator = torch.Generator()
+    generator.manual_seed(int(seed))
+    kwargs = {}
+    if workers > 0:
+        kwargs = {"persistent_workers": True, "prefetch_factor": int(prefetch_factor),
+                  "worker_init_fn": _worker_init}
+    loader = DataLoader(dataset, batch_size=int(batch_size), sampler=sampler, num_workers=int(workers),
+                        collate_fn=collate, pin_memory=torch.device(device).type == "cuda",
+                        generator=generator, drop_last=False, **kwargs)
+    return loader, sampler, generator
+
+
+def build_dataset(variant: str, corr_dir: Path, data_root: Path, features: FeatureCache | None,
+                  scene_ids: list[str], pcfg: dict, seed: int, cross_frame: bool = False) -> _Base:
+    """The dataset of ``variant`` from the ``pretrain`` params section ``pcfg``."""
+    if variant in PAIR_VARIANTS:
+        return PairDataset(corr_dir, data_root, scene_ids, pcfg["max_points"], pcfg["num_matches"], seed)
+    if variant not in IMAGE_VARIANTS:
+        raise InputError(f"pretrain.variants: expected one of {list(VARIANTS)}, got {variant!r}")
+    if features is None:
+        raise InputError(f"pretrain variant {variant}: needs the clip_features output (none was given)")
+    return FrameDataset(corr_dir, data_root, features, scene_ids, pcfg["max_points"], pcfg["num_matches"], seed,
+                        cross_frame=cross_frame)
+
+
+__all__ = ["EpochSampler", "FrameBatch", "FrameDataset", "PairBatch", "PairDataset", "VARIANTS",
+           "build_dataset", "collate_frames", "collate_pairs", "make_loader"]

@@ -1,0 +1,138 @@
+"""Zero-shot semantic segmentation with a pre-trained network: each point takes the class whose text
+embedding is most similar to its ``ĥ3D``.
+
+Protocol (chosen here; the paper reports no zero-shot numbers):
+
+- Input: each ``val`` scene's labelled scene cloud (``points.ply``, the ground truth), voxelized on the
+  correspondences' grid (``correspondences.voxel_size``; a voxel's position and colour are the means of its
+  points) - the resolution the network was pre-trained at, without the frames' partial views.
+- Features: ``ĥ3D = FC(f3D(voxels))`` at the encoder's bottleneck (``N_b × d``, CLIP's joint space).
+- Classes: the prompt embeddings (``"point cloud of a {}"``, the label set of the dataset) from the
+  ``clip_features`` cache, ``t`` (``K × d``). A bottleneck point's class is ``argmax_k cos(ĥ3D, t_k)``.
+- Upsampling: a voxel takes the class of its nearest bottleneck point (``Encoded.bottleneck_index``), a
+  scene point the class of its voxel. Every scene point is scored.
+- Reference: the mIoU and accuracy of labelling every point with the most frequent ground-truth class
+  (``miou_majority_constant``), to read the numbers against.
+- mIoU: one confusion matrix accumulated over all val scenes' points; points labelled ``IGNORE_LABEL`` (255)
+  are excluded (whatever their prediction); ``IoU_c = TP / (TP + FP + FN)``; a class with
+  ``TP + FP + FN = 0`` (absent from both the ground truth and the predictions) is left out of the mean, as
+  its IoU is undefined. A class predicted but absent from the ground truth counts with IoU 0.
+
+The random baseline is the same architecture initialised with the same seed and never trained (in eval
+mode, so its BatchNorm layers use their initial running statistics).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..correspondences import voxelize
+from ..labels import IGNORE_LABEL
+from ..scene import Dataset
+
+
+def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore: int = IGNORE_LABEL) -> np.ndarray:
+    """``[K, K]`` int64 counts, rows the ground truth, columns the prediction; ``ignore`` ground truth skipped.
+
+    Ground-truth ids outside ``[0, K)`` other than ``ignore`` are an error (they would silently vanish).
+    """
+    pred = np.asarray(pred, np.int64).reshape(-1)
+    gt = np.asarray(gt, np.int64).reshape(-1)
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred and gt: expected equal lengths, got {pred.shape} and {gt.shape}")
+    keep = gt != ignore
+    pred, gt = pred[keep], gt[keep]
+    if len(gt) and (gt.min() < 0 or gt.max() >= num_classes):
+        raise ValueError(f"gt: expected class ids in [0, {num_classes}) or {ignore}, got {gt.min()}..{gt.max()}")
+    if len(pred) and (pred.min() < 0 or pred.max() >= num_classes):
+        raise ValueError(f"pred: expected class ids in [0, {num_classes}), got {pred.min()}..{pred.max()}")
+    return np.bincount(gt * num_classes + pred, minlength=num_classes * num_classes).reshape(num_classes,
+                                                                                          num_classes)
+
+
+def iou_from_confusion(conf: np.ndarray) -> tuple[float, list[float | None]]:
+    """(mIoU, per-class IoU); a class absent from both ground truth and prediction has IoU ``None`` and is
+    left out of the mean. mIoU is 0.0 when no class is defined (an empty evaluation)."""
+    conf = np.asarray(conf, np.int64)
+    tp = np.diag(conf).astype(np.float64)
+    fp = conf.sum(0) - tp
+    fn = conf.sum(1) - tp
+    denom = tp + fp + fn
+    ious = [float(t / d) if d > 0 else None for t, d in zip(tp, denom)]
+    defined = [v for v in ious if v is not None]
+    return (float(np.mean(defined)) if defined else 0.0), ious
+
+
+def voxel_cloud(xyz: np.ndarray, rgb: np.ndarray, voxel_size: float, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(voxel positions [V, 3], voxel colours in [0, 1] [V, 3], voxel of each point [N]) on ``device``."""
+    pts = torch.as_tensor(np.asarray(xyz, np.float32), device=device)
+    vpos, _, cluster = voxelize(pts, voxel_size)
+    counts = torch.bincount(cluster, minlength=len(vpos)).float().unsqueeze(1)
+    col = torch.as_tensor(np.asarray(rgb, np.float32) / 255.0, device=device)
+    vx = torch.zeros_like(vpos).index_add_(0, cluster, col) / counts
+    return vpos, vx, cluster
+
+
+@torch.no_grad()
+def predict_points(model, xyz: np.ndarray, rgb: np.ndarray, text: torch.Tensor, voxel_size: float,
+                   device, upsample: str = "nearest") -> np.ndarray:
+    """Zero-shot class of every point of one cloud (see the module docstring); ``model`` has ``clip_space``.
+
+    ``upsample="interpolate"`` (a diagnostic, not the protocol) classifies each voxel by ``ĥ3D`` interpolated
+    from its 3 nearest bottleneck points (inverse distance) instead of taking its nearest one's class.
+    """
+    vpos, vx, cluster = voxel_cloud(xyz, rgb, voxel_size, device)
+    h_hat, encoded = model.clip_space(vx, vpos, None)
+    t = F.normalize(text.to(device=device, dtype=torch.float32), dim=1)
+    if upsample == "interpolate":
+        from torch_geometric.nn import knn_interpolate
+
+        h = knn_interpolate(F.normalize(h_hat.float(), dim=1), encoded.pos_b, vpos, k=3)
+        return (F.normalize(h, dim=1) @ t.T).argmax(1)[cluster].cpu().numpy()
+    if upsample != "nearest":
+        raise ValueError(f"upsample: expected 'nearest' or 'interpolate', got {upsample!r}")
+    cls = (F.normalize(h_hat.float(), dim=1) @ t.T).argmax(1)
+    return cls[encoded.bottleneck_index()][cluster].cpu().numpy()
+
+
+@torch.no_grad()
+def evaluate(model, data_root: Path, scene_ids: list[str], text: torch.Tensor, voxel_size: float, device,
+             classes: list[str] | None = None, upsample: str = "nearest") -> dict:
+    """Zero-shot mIoU of ``model`` over ``scene_ids`` (typically the val split) of the dataset at ``data_root``.
+
+    Returns ``{"miou", "accuracy", "iou": {class: IoU or None}, "classes_evaluated", "points", "scenes"}``.
+    """
+    was_training = model.training
+    model.eval()
+    ds = Dataset(data_root)
+    classes = list(classes or ds.label_set.classes)
+    k = len(classes)
+    if text.shape[0] != k:
+        raise ValueError(f"text: expected {k} class embeddings (label set {ds.label_set.name}), got {text.shape[0]}")
+    conf = np.zeros((k, k), np.int64)
+    points = 0
+    try:
+        for sid in scene_ids:
+            cloud = ds.scene(sid).points()
+            pred = predict_points(model, cloud["xyz"], cloud["rgb"], text, voxel_size, device, upsample)
+            conf += confusion_matrix(pred, cloud["semantic"], k)
+            points += len(pred)
+    finally:
+        model.train(was_training)
+    miou, ious = iou_from_confusion(conf)
+    total = int(conf.sum())
+    gt_counts = conf.sum(1)
+    present = int((gt_counts > 0).sum())
+    # reference: every point labelled with the most frequent ground-truth class (IoU = its share)
+    majority = float(gt_counts.max() / total / present) if total else 0.0
+    return {"miou": miou, "accuracy": float(np.trace(conf) / total) if total else 0.0,
+            "iou": dict(zip(classes, ious)), "classes_evaluated": sum(v is not None for v in ious),
+            "points": int(points), "scenes": len(scene_ids), "miou_majority_constant": majority,
+            "accuracy_majority_constant": float(gt_counts.max() / total) if total else 0.0}
+
+
+__all__ = ["confusion_matrix", "evaluate", "iou_from_confusion", "predict_points", "voxel_cloud"]
