@@ -183,6 +183,22 @@ def _colour_world(root: Path, seed: int = 0, frames: int = 10, size=(64, 48)) ->
     return root
 
 
+def test_region_maps_give_each_instance_its_share_of_every_feature_cell(tmp_path):
+    """The region term's data: the whole frame at the dense input size, and per crop the fraction of each
+    grid cell covered by the instance's mask (pooled over the cells, it weights the dense features)."""
+    root = _colour_world(tmp_path / "world", frames=1, size=(64, 48))
+    scene = Scene(root / "scenes" / "clip_0000")
+    dense = {"size": (24, 32), "grid": (3, 4)}  # cells of 16x16 colour pixels
+    out = bootstrap.frame_crops(scene, 0, SCANNET20, 16, 1, 8, None, dense)
+    inst = scene.instance(0)
+    assert out["frame"].shape == (24, 32, 3) and out["frame"].dtype == np.uint8
+    assert out["regions"].shape == (len(out["classes"]), 3, 4) and out["regions"].dtype == np.float16
+    order = sorted(np.unique(inst[inst > 0]), key=lambda k: -(inst == k).sum())  # eval order: largest first
+    for k, region in zip(order, out["regions"]):
+        expected = (inst == k).reshape(3, 16, 4, 16).mean(axis=(1, 3))
+        np.testing.assert_allclose(region.astype(np.float32), expected, atol=1e-3)
+
+
 def test_bootstrap_learns_image_text_alignment_that_holds_on_unseen_scenes(tiny_params, tmp_path):
     """Where accuracy is meaningful in a fast test: a world whose classes are easy to see (one colour per
     class), 20 epochs (60 steps). Zero-shot top-1 on the held-out val scene's crops, against the class-name
