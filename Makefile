@@ -16,5 +16,10 @@ test: setup
 lint: setup
 	. .venv/bin/activate && snakemake --lint
 
+# Speed/memory benchmarks (results in results/benchmarks/); the CLIP and pre-training ones read the
+# default world and the bootstrap checkpoint when the pipeline has made them.
 bench: setup
 	. .venv/bin/activate && python benchmarks/bench_world.py
+	. .venv/bin/activate && python benchmarks/bench_correspondences.py
+	. .venv/bin/activate && python benchmarks/bench_clip_features.py
+	. .venv/bin/activate && python benchmarks/bench_pretrain.py

@@ -1,9 +1,11 @@
+import copy
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -57,3 +59,35 @@ def project_copy(dst: Path, params_file: Path = TINY) -> Path:
 
 def load_yaml(p: Path) -> dict:
     return yaml.safe_load(Path(p).read_text())
+
+
+TINY_PRETRAIN = {"width": 8, "bottleneck_dim": 32, "out_dim": 16, "epochs": 2, "batch_size": 4, "workers": 0,
+                 "num_matches": 128, "max_points": 4000, "tqm_heads": 4}
+
+
+@pytest.fixture(scope="session")
+def pt_inputs(tmp_path_factory, tiny_params, tiny_world) -> dict:
+    """Correspondences and CLIP features of the tiny world, made by the stages' ``run_stage``.
+
+    The CLIP is the t4p-tiny architecture with its seeded random initialisation saved as a local checkpoint
+    (``clip.pretrained`` = that path): the features stage runs unchanged, the bootstrap training (slow, and
+    irrelevant to these tests) is skipped.
+    """
+    from text4point import correspondences
+    from text4point.clip import features
+    from text4point.clip.load import build_model
+    from text4point.runtime import seed_everything
+
+    root = tmp_path_factory.mktemp("pretrain")
+    cfg = copy.deepcopy(tiny_params)
+    seed_everything(0)
+    clip_ckpt = root / "clip_random.pt"
+    torch.save({"state_dict": build_model(cfg["clip"]["model"]).state_dict()}, clip_ckpt)
+    cfg["clip"]["pretrained"] = str(clip_ckpt)
+    corr = root / "corr"
+    corr.mkdir()
+    correspondences.run_stage(cfg, tiny_world, corr, "cpu", progress=False)
+    feat = root / "feat"
+    features.run_stage(cfg, tiny_world, feat, "cpu", progress=False)
+    cfg["pretrain"].update(TINY_PRETRAIN)
+    return {"cfg": cfg, "world": tiny_world, "corr": corr, "feat": feat, "root": root}

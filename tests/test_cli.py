@@ -64,11 +64,13 @@ def test_unreachable_tracking_server_stops_the_stage_before_any_work(tmp_path):
     assert not out.exists() and not (tmp_path / "m.json").exists()
 
 
-def test_unbuilt_stage_fails_loudly_and_writes_nothing(tmp_path):
-    r = cli("pretrain", "--params", TINY, "--variant", "text4point", "--out", tmp_path / "ckpt.pt")
-    assert r.returncode == 3
-    assert r.stderr.strip() == "error: stage 'pretrain' is not built yet (issue #4); it wrote no output"
-    assert list(tmp_path.iterdir()) == []
+def test_finetune_without_its_pretraining_checkpoint_is_one_line_and_writes_nothing(tiny_world, tmp_path):
+    r = cli("finetune", "--params", TINY, "--task", "semseg", "--init", "text4point", "--seed", "0",
+            "--label-fraction", "1.0", "--data", tiny_world, "--out", tmp_path / "m.json",
+            env=_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    assert r.returncode == 2
+    assert r.stderr.strip() == "error: finetune init text4point: needs its pre-training checkpoint"
+    assert not (tmp_path / "m.json").exists()
 
 
 def test_show_writes_scene_and_frame_previews(tiny_world, tmp_path):

@@ -2,6 +2,7 @@
 fail loudly, DVC push/pull round trip, and no reruns after `dvc checkout`/`dvc pull` (mtime only)."""
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -68,16 +69,29 @@ def test_tiny_pipeline_under_snakemake_and_dvc(tmp_path):
     assert pngs == ["val_0000_frame.png", "val_0000_scene.png"]
     assert "Nothing to be done" in _run(SNAKEMAKE + ["-n", "show"], proj, env).stdout
 
-    # --- correspondences on the tiny world
-    _run(SNAKEMAKE + ["correspondences"], proj, env)
-    assert (proj / "data/correspondences/manifest.json").exists()
-    assert (proj / "results/metrics/correspondences.json").exists()
+    # --- correspondences and CLIP features (with the offline bootstrap) on the tiny world
+    _run(SNAKEMAKE + ["correspondences", "clip_features"], proj, env)
+    for manifest in ("data/correspondences/manifest.json", "data/clip_features/t4p-tiny/manifest.json"):
+        assert (proj / manifest).exists()
+    assert (proj / "models/clip/bootstrap.pt").exists()
 
-    # --- a stage that is not built yet fails loudly and leaves nothing behind
-    r = _run(SNAKEMAKE + ["clip_bootstrap"], proj, env, check=False)
-    assert r.returncode != 0
-    assert "stage 'clip-bootstrap' is not built yet (issue #3)" in (proj / "logs/clip_bootstrap.log").read_text()
-    assert not (proj / "models/clip/bootstrap.pt").exists()
+    # --- pre-training (text4point, with the TQM) on the tiny world: checkpoint, metrics with zero-shot mIoU
+    _run(SNAKEMAKE + ["models/pretrain/text4point/checkpoint.pt"], proj, env)
+    m = json.loads((proj / "results/metrics/pretrain/text4point.json").read_text())
+    assert m["variant"] == "text4point" and m["epochs"] == 1 and m["steps"] >= 1
+    assert 0.0 <= m["zeroshot_miou"] <= 1.0 and 0.0 <= m["zeroshot_miou_random"] <= 1.0
+    assert (proj / "models/pretrain/text4point/epochs/epoch_0001.pt").exists()
+
+    # --- the rest of the DAG: every pre-training variant, the fine-tuning jobs, the tables
+    _run(SNAKEMAKE + ["all"], proj, env)
+    for name in ("semseg", "insseg", "det", "efficiency", "ablation", "zeroshot", "reference"):
+        assert (proj / f"results/tables/{name}.md").exists() and (proj / f"results/tables/{name}.csv").exists()
+    semseg = (proj / "results/tables/semseg.md").read_text()
+    assert "| scratch | 1.0 | 1 |" in semseg and "| text4point | 1.0 | 1 |" in semseg
+    job = json.loads((proj / "results/finetune/det/text4point/seed0-frac1.0/metrics.json").read_text())
+    assert job["task"] == "det" and job["init"] == "text4point" and 0.0 <= job["map25"] <= 1.0
+    assert job["mlflow_run_id"] in (proj / "results/tables/det.md").read_text()
+    assert "Nothing to be done" in _run(SNAKEMAKE + ["-n", "all"], proj, env).stdout
 
     # --- DVC: its stages call Snakemake, which finds nothing to recompute
     bench = (proj / "results/benchmarks/stages/data.tsv").read_text()

@@ -1,7 +1,6 @@
 """``text4point``: one subcommand per pipeline stage; every Snakemake rule calls one of them.
 
 Bad input ends the command with one line on stderr (``error: <file or key>: ...``) and exit status 2.
-A stage that is not built yet exits with status 3 and writes nothing.
 """
 
 from __future__ import annotations
@@ -11,13 +10,17 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from . import params as P
 from .errors import InputError
 from .fsutil import atomic_dir, atomic_path, clean_stale_temporaries, write_json
 
-NOT_BUILT = {"finetune": 5, "tables": 5}  # stage -> the issue that builds it
+# torch_geometric scripts a few functions at import; torch 2.14 warns about torch.jit.script on every CLI call,
+# which would turn one-line errors into three lines.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+
 
 
 def _load_params(args) -> dict:
@@ -139,6 +142,34 @@ def cmd_pretrain(args) -> None:
         write_json(args.metrics, metrics)  # the engine records its own MLflow run (per-step curves)
 
 
+def cmd_finetune(args) -> None:
+    from .finetune import run_stage
+    from .runtime import device
+
+    cfg = _start(args)
+    init_ck = Path(args.init_checkpoint) if args.init_checkpoint else None
+    clip_ck = Path(args.clip_checkpoint) if args.clip_checkpoint else None
+    metrics = run_stage(cfg, Path(args.data), args.task, args.init, args.seed, args.label_fraction, init_ck, clip_ck,
+                        device(), progress=not args.quiet,
+                        predictions_path=Path(args.predictions) if args.predictions else None)
+    write_json(args.out, metrics)  # the engine records its own MLflow run
+
+
+def cmd_tables(args) -> None:
+    from . import tables, tracking
+
+    cfg = _start(args)
+    out = Path(args.out_dir)
+    summary = tables.build_tables(cfg, Path(args.finetune_dir), Path(args.pretrain_dir), out)
+    logged = {k: cfg[k] for k in ("finetune", "pretrain") if k in cfg}
+    with tracking.run("tables", logged, tags={"params_hash": P.params_hash(logged)},
+                      experiment_prefix=cfg.get("tracking", {}).get("experiment_prefix", "text4point")):
+        import mlflow
+
+        mlflow.log_artifacts(str(out), "tables")
+    print(json.dumps(summary))
+
+
 def cmd_show(args) -> None:
     from .show import show
 
@@ -150,12 +181,6 @@ def cmd_show(args) -> None:
 def cmd_validate(args) -> None:
     cfg = P.load(args.params)
     print(f"{args.params}: valid (params hash {P.params_hash(cfg)})")
-
-
-def cmd_not_built(args) -> None:
-    print(f"error: stage '{args.stage}' is not built yet (issue #{NOT_BUILT[args.stage]}); "
-          f"it wrote no output", file=sys.stderr)
-    raise SystemExit(3)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,6 +229,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_pretrain)
 
+    p = with_params(sub.add_parser("finetune", help="fine-tune one task x init x seed x label fraction, evaluate on val"))
+    p.add_argument("--task", required=True, help="semseg | insseg | det")
+    p.add_argument("--init", required=True, help="scratch | pointcontrast | image_contrast | text4point")
+    p.add_argument("--seed", required=True, type=int, help="training seed")
+    p.add_argument("--label-fraction", required=True, type=float, help="fraction of the train scenes used")
+    p.add_argument("--data", required=True, help="dataset root")
+    p.add_argument("--init-checkpoint", help="the pretrain stage's checkpoint (every init but scratch)")
+    p.add_argument("--clip-checkpoint", help="the bootstrap CLIP checkpoint (text4point init, clip.pretrained: bootstrap)")
+    p.add_argument("--out", required=True, help="metrics JSON to write")
+    p.add_argument("--predictions", help="per-point predictions of the val scenes (.npz) to write")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_finetune)
+
+    p = with_params(sub.add_parser("tables", help="the comparison tables from the fine-tuning and pre-training metrics"))
+    p.add_argument("--finetune-dir", default="results/finetune", help="the finetune jobs' directory")
+    p.add_argument("--pretrain-dir", default="results/metrics/pretrain", help="the pretrain jobs' metrics")
+    p.add_argument("--out-dir", default="results/tables", help="where the tables go")
+    p.set_defaults(func=cmd_tables)
+
     p = sub.add_parser("show", help="PNG previews: a scene's points by class and a frame's colour/depth/labels")
     p.add_argument("--data", required=True, help="dataset root")
     p.add_argument("--out-dir", required=True)
@@ -215,9 +259,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("params", nargs="?", default="params.yaml")
     p.set_defaults(func=cmd_validate)
 
-    for stage in NOT_BUILT:
-        p = with_params(sub.add_parser(stage, help=f"(not built yet: issue #{NOT_BUILT[stage]})"))
-        p.set_defaults(func=cmd_not_built, stage=stage)
     return ap
 
 

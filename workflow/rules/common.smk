@@ -35,7 +35,7 @@ CLIP_BOOTSTRAP = config["clip"]["pretrained"] == "bootstrap"
 FEATURES = f"data/clip_features/{CLIP_ID}"
 CORR = "data/correspondences"
 VARIANTS = config["pretrain"]["variants"]
-TABLE_NAMES = ["semseg", "insseg", "det", "efficiency", "ablation", "zeroshot"]
+TABLE_NAMES = ["semseg", "insseg", "det", "efficiency", "ablation", "zeroshot", "reference"]
 TABLES = expand("results/tables/{name}.md", name=TABLE_NAMES)
 
 
@@ -59,6 +59,11 @@ def finetune_runs():
 
 def clip_model_inputs(wildcards=None):
     return ["models/clip/bootstrap.pt"] if CLIP_BOOTSTRAP else []
+
+
+def finetune_clip_inputs(wildcards):
+    """The frozen CLIP is needed at fine-tuning time only by the text4point init (its learnable prompt)."""
+    return clip_model_inputs() if wildcards.init == "text4point" else []
 
 
 def pretrain_checkpoint(wildcards):

@@ -4,16 +4,20 @@
 rule finetune:
     input:
         data=DATASET,
-        features=f"{FEATURES}/manifest.json",
         init=pretrain_checkpoint,
+        clip=finetune_clip_inputs,
     output:
         metrics="results/finetune/{task}/{init}/seed{seed}-frac{frac}/metrics.json",
+        predictions="results/finetune/{task}/{init}/seed{seed}-frac{frac}/predictions.npz",
     wildcard_constraints:
         task="semseg|insseg|det",
         init="scratch|text4point|image_contrast|pointcontrast",
         seed=r"\d+",
     params:
-        cfg=sections("seed", "finetune", "clip", "tracking"),
+        cfg=sections("seed", "finetune", "pretrain", "clip", "correspondences.voxel_size", "tracking"),
+        root=dirname_of("input", "data"),
+        init=lambda wildcards, input: f"--init-checkpoint {input.init}" if input.init else "",
+        clip=lambda wildcards, input: f"--clip-checkpoint {input.clip[0]}" if input.clip else "",
     conda:
         "../envs/text4point.yaml"
     log:
@@ -22,7 +26,8 @@ rule finetune:
         "results/benchmarks/stages/finetune_{task}_{init}_seed{seed}-frac{frac}.tsv"
     shell:
         "text4point finetune --params-json {params.cfg:q} --task {wildcards.task} --init {wildcards.init} "
-        "--seed {wildcards.seed} --label-fraction {wildcards.frac} --out {output.metrics} > {log} 2>&1"
+        "--seed {wildcards.seed} --label-fraction {wildcards.frac} --data {params.root} {params.init} {params.clip} "
+        "--out {output.metrics} --predictions {output.predictions} --quiet > {log} 2>&1"
 
 
 rule tables:
@@ -32,7 +37,7 @@ rule tables:
     output:
         TABLES,
     params:
-        cfg=sections("finetune", "pretrain"),
+        cfg=sections("finetune", "pretrain", "tracking"),
     conda:
         "../envs/text4point.yaml"
     log:
@@ -40,4 +45,5 @@ rule tables:
     benchmark:
         "results/benchmarks/stages/tables.tsv"
     shell:
-        "text4point tables --params-json {params.cfg:q} --out-dir results/tables > {log} 2>&1"
+        "text4point tables --params-json {params.cfg:q} --finetune-dir results/finetune "
+        "--pretrain-dir results/metrics/pretrain --out-dir results/tables > {log} 2>&1"
