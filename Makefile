@@ -22,4 +22,5 @@ bench: setup
 	. .venv/bin/activate && python benchmarks/bench_world.py
 	. .venv/bin/activate && python benchmarks/bench_correspondences.py
 	. .venv/bin/activate && python benchmarks/bench_clip_features.py
-	. .venv/bin/activate && python benchmarks/bench_pretrain.py
+	. .venv/bin/activate && python benchmarks/bench_pretrain.py --data data/world --corr data/correspondences \
+	  --feat data/clip_features/t4p-tiny --clip-checkpoint models/clip/bootstrap.pt

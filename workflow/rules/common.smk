@@ -26,6 +26,12 @@ def sections(*names):
     return json.dumps(picked, sort_keys=True)
 
 
+# The keys one pre-training / fine-tuning job reads: the lists that only say which jobs exist (variants,
+# tasks, inits, seeds, label_fractions) are left out, so adding a seed or a variant reruns no finished job.
+PRETRAIN_JOB = [f"pretrain.{k}" for k in config["pretrain"] if k != "variants"]
+FINETUNE_JOB = [f"finetune.{k}" for k in config["finetune"]
+                if k not in ("tasks", "inits", "seeds", "label_fractions")]
+
 DATA = f"data/{config['data']['source']}"
 # Rules depend on the dataset through its small manifest, written last by the data stage: Snakemake
 # checksums small inputs, so a `dvc pull`/`dvc checkout` that only renews mtimes reruns nothing.

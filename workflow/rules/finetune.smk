@@ -14,7 +14,7 @@ rule finetune:
         init="scratch|text4point|image_contrast|pointcontrast",
         seed=r"\d+",
     params:
-        cfg=sections("seed", "finetune", "pretrain", "clip", "correspondences.voxel_size", "tracking"),
+        cfg=sections("seed", *FINETUNE_JOB, *PRETRAIN_JOB, "clip", "correspondences.voxel_size", "tracking"),
         root=dirname_of("input", "data"),
         init=lambda wildcards, input: f"--init-checkpoint {input.init}" if input.init else "",
         clip=lambda wildcards, input: f"--clip-checkpoint {input.clip[0]}" if input.clip else "",

@@ -14,7 +14,7 @@ rule pretrain:
     wildcard_constraints:
         variant="|".join(["text4point", "image_contrast", "pointcontrast"]),
     params:
-        cfg=sections("seed", "pretrain", "clip", "correspondences", "tracking"),
+        cfg=sections("seed", *PRETRAIN_JOB, "clip", "correspondences", "tracking"),
         checkpoint=lambda wildcards, input: f"--clip-checkpoint {input.model[0]}" if input.model else "",
         root=dirname_of("input", "data"),
         corr=dirname_of("input", "corr"),

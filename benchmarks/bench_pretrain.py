@@ -1,0 +1,391 @@
+"""Speed and memory of pre-training (the `pretrain` stage): where a step's time goes, throughput and peak
+memory per backbone and width, and how epoch time scales with the size of the point clouds.
+
+    python benchmarks/bench_pretrain.py [--repeats 3] [--steps 6] [--data D --corr C --feat F [--clip-checkpoint K]]
+
+Without --data/--corr/--feat it makes its own inputs in a temporary directory: a small world with the
+resolution of params.yaml's (1 clip, 2 train, 1 val scenes, 30 frames each), its correspondences
+(params.yaml's voxel size) and dense features of a randomly initialised CLIP of params.yaml's model (speed
+does not depend on what CLIP learned). Measured on the device run_stage picks (CPU here; on CPU run_stage
+uses one intra-op thread, and so does this benchmark). Medians of --repeats.
+
+1. Step breakdown (text4point, params.yaml's backbone and width): waiting for the next batch from the
+   DataLoader with its prefetching workers (`pretrain.workers`), host-to-device copy, forward, backward,
+   optimizer (clipping, step, schedule). Data loading must stay <= 10% of the step. The cost of making a
+   batch in the main process (no workers) is reported next to it.
+2. Throughput (points per second of training steps) and peak memory for PointNet++ and Point Transformer
+   at two widths, each in a fresh process (peak RSS on CPU, `max_memory_allocated` on CUDA).
+3. Epoch time of run_stage at 4 values of `max_points`, with the exponent of a power-law fit of epoch time
+   against the points processed per epoch (target 0.9-1.1: linear in the data).
+
+Writes results/benchmarks/pretrain.json and pretrain.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from text4point import params as P  # noqa: E402
+from text4point.fsutil import write_json, write_text  # noqa: E402
+
+SIZES = (250, 500, 1000, 2000)  # below most frames' size (median ~3500 voxels on the default world)
+WIDTHS = (16, 32)
+BACKBONES = ("pointnet2", "point_transformer")
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def make_inputs(cfg: dict, root: Path) -> dict:
+    """A small world (params.yaml's resolution), its correspondences and features of a random CLIP."""
+    from text4point import correspondences
+    from text4point.clip import features
+    from text4point.clip.load import build_model
+    from text4point.runtime import seed_everything
+    from text4point.world.generate import generate_world
+
+    cfg = copy.deepcopy(cfg)
+    w = dict(cfg["data"]["world"], scenes={"clip": 1, "train": 2, "val": 1}, workers=1)
+    generate_world(root / "world", w, cfg["seed"], progress=False)
+    (root / "corr").mkdir()
+    correspondences.run_stage(cfg, root / "world", root / "corr", "cpu", progress=False)
+    seed_everything(0)
+    ckpt = root / "clip_random.pt"
+    torch.save({"state_dict": build_model(cfg["clip"]["model"]).state_dict()}, ckpt)
+    cfg["clip"]["pretrained"] = str(ckpt)
+    features.run_stage(cfg, root / "world", root / "feat", "cpu", progress=False)
+    return {"world": root / "world", "corr": root / "corr", "feat": root / "feat", "clip_checkpoint": None,
+            "pretrained": str(ckpt)}
+
+
+def _setup(cfg: dict, paths: dict, variant: str, workers: int, dev: torch.device):
+    from text4point.clip.features import load_features
+    from text4point.pretrain.data import build_dataset, make_loader
+    from text4point.pretrain.engine import build_model, build_optimizer, clip_identity, cosine_schedule
+    from text4point.scene import Dataset
+
+    pc = cfg["pretrain"]
+    ident = clip_identity(cfg, paths["feat"], paths.get("clip_checkpoint"))
+    fc = load_features(paths["feat"], ident)
+    ds = Dataset(paths["world"])
+    text = torch.as_tensor(fc.text()[ds.label_set.name]["prompt_embeddings"]).float()
+    dataset = build_dataset(variant, paths["corr"], paths["world"], fc, ds.split("train"), pc, int(cfg["seed"]))
+    loader, sampler, _ = make_loader(dataset, int(pc["batch_size"]), workers, int(cfg["seed"]), dev)
+    model = build_model(cfg, variant, int(text.shape[1]), text if variant == "text4point" else None).to(dev)
+    opt = build_optimizer(model, pc)
+    sched = cosine_schedule(opt, 10 ** 6)
+    return dataset, loader, sampler, model, opt, sched
+
+
+def _train_step(model, opt, sched, batch, grad_clip: float, dev) -> tuple[float, float, float]:
+    t0 = time.perf_counter()
+    losses = model(batch)
+    _sync(dev)
+    t1 = time.perf_counter()
+    opt.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    _sync(dev)
+    t2 = time.perf_counter()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    sched.step()
+    _sync(dev)
+    return t1 - t0, t2 - t1, time.perf_counter() - t2
+
+
+def step_breakdown(cfg: dict, paths: dict, steps: int, dev: torch.device) -> dict:
+    pc = cfg["pretrain"]
+    workers = int(pc["workers"])
+    dataset, loader, sampler, model, opt, sched = _setup(cfg, paths, "text4point", workers, dev)
+    from text4point.pretrain.data import collate_frames
+
+    rows, epoch = [], 0
+    sampler.set_epoch(epoch)
+    it = iter(loader)
+    for k in range(steps + 2):  # 2 warm-up steps
+        t0 = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            epoch += 1
+            sampler.set_epoch(epoch)
+            it = iter(loader)
+            batch = next(it)
+        t1 = time.perf_counter()
+        batch = batch.to(dev, non_blocking=True)
+        _sync(dev)
+        t2 = time.perf_counter()
+        f, b, o = _train_step(model, opt, sched, batch, float(pc["grad_clip"]), dev)
+        if k >= 2:
+            rows.append({"data_wait": t1 - t0, "to_device": t2 - t1, "forward": f, "backward": b, "optimizer": o,
+                         "points": batch.num_points})
+    del it
+    # making one batch in the main process, without workers
+    make = []
+    bs = int(pc["batch_size"])
+    for k in range(max(steps, 3)):
+        t0 = time.perf_counter()
+        collate_frames([dataset[(99, (k * bs + i) % len(dataset))] for i in range(bs)])
+        make.append(time.perf_counter() - t0)
+    med = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+    step = sum(med[k] for k in ("data_wait", "to_device", "forward", "backward", "optimizer"))
+    return {"variant": "text4point", "backbone": pc["backbone"], "width": int(pc["width"]), "workers": workers,
+            "batch_size": bs, "steps": len(rows), "points_per_batch": med["points"],
+            "seconds": {k: round(v, 5) for k, v in med.items() if k != "points"},
+            "step_seconds": round(step, 5),
+            "share": {k: round(med[k] / step, 4) for k in ("data_wait", "to_device", "forward", "backward", "optimizer")},
+            "batch_make_seconds_main_process": round(statistics.median(make), 5),
+            "data_share_ok": med["data_wait"] / step <= 0.10}
+
+
+def throughput_child(args) -> None:
+    """In a fresh process: steps of one (backbone, width) on pre-made batches; prints one JSON line."""
+    from text4point.correspondences import cpu_threads
+    from text4point.runtime import device
+
+    spec = json.loads(args.child)
+    cfg, paths = spec["cfg"], {k: (Path(v) if k in ("world", "corr", "feat") and v else v)
+                                for k, v in spec["paths"].items()}
+    dev = device()
+    with cpu_threads(dev, 1):
+        dataset, loader, sampler, model, opt, sched = _setup(cfg, paths, "text4point", 0, dev)
+        sampler.set_epoch(0)
+        batches = [b.to(dev) for _, b in zip(range(spec["steps"] + 1), loader)]
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        _train_step(model, opt, sched, batches[0], 1.0, dev)  # warm-up
+        times, points = [], 0
+        for b in batches[1:]:
+            t0 = time.perf_counter()
+            _train_step(model, opt, sched, b, 1.0, dev)
+            times.append(time.perf_counter() - t0)
+            points += b.num_points
+        rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        saved = _saved_for_backward_mb(model, batches[1])
+    state_mb = sum(p.numel() * p.element_size() for p in model.parameters()) * 4 / 2 ** 20  # w, grad, 2 moments
+    out = {"saved_for_backward_mb": saved, "params_grads_adam_mb": state_mb,"points_per_second": points / sum(times), "step_seconds": statistics.median(times),
+           "points_per_batch": points / len(times),
+           "parameters": sum(p.numel() for p in model.parameters())}
+    if dev.type == "cuda":
+        out["peak_memory_mb"] = torch.cuda.max_memory_allocated(dev) / 2 ** 20
+    else:
+        out["peak_rss_mb"] = rss1 / 1024
+        out["peak_rss_growth_mb"] = (rss1 - rss0) / 1024
+    print("RESULT " + json.dumps(out))
+
+
+def _saved_for_backward_mb(model, batch) -> float:
+    """MB of the tensors autograd keeps for the backward pass of one step (distinct storages): the activation
+    memory of training, whatever the device."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        try:
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = st.nbytes()
+        except (RuntimeError, NotImplementedError):
+            pass
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(batch)["loss"]
+    loss.backward()
+    return sum(seen.values()) / 2 ** 20
+
+
+def throughput(cfg: dict, paths: dict, steps: int, repeats: int) -> list[dict]:
+    rows = []
+    for backbone in BACKBONES:
+        for width in WIDTHS:
+            c = copy.deepcopy(cfg)
+            c["pretrain"].update(backbone=backbone, width=width)
+            runs = []
+            for _ in range(repeats):
+                spec = {"cfg": c, "paths": {k: (str(v) if v is not None else None) for k, v in paths.items()},
+                        "steps": steps}
+                r = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
+                                   text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+                line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
+                if r.returncode != 0 or not line:
+                    raise RuntimeError(f"throughput child failed: {r.stderr[-2000:]}")
+                runs.append(json.loads(line[-1][7:]))
+            row = {"backbone": backbone, "width": width}
+            for key in runs[0]:
+                row[key] = round(statistics.median(r[key] for r in runs), 3)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def epoch_scaling(cfg: dict, paths: dict, repeats: int) -> dict:
+    from text4point.pretrain.engine import run_stage
+
+    rows = []
+    for size in SIZES:
+        c = copy.deepcopy(cfg)
+        c["pretrain"].update(max_points=size, epochs=1)
+        secs, pts = [], []
+        for rep in range(repeats):
+            with tempfile.TemporaryDirectory() as tmp:
+                m = run_stage(c, paths["world"], paths["corr"], paths["feat"], "text4point", Path(tmp) / "final.pt",
+                              None, progress=False, clip_checkpoint=paths.get("clip_checkpoint"),
+                              zeroshot_eval=False, track=False)
+            secs.append(m["per_epoch"][0]["seconds"])
+            pts.append(m["points_seen"])
+        row = {"max_points": size, "epoch_seconds": round(statistics.median(secs), 3),
+               "points_per_epoch": int(statistics.median(pts)), "steps": m["steps"]}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    x = np.log([r["points_per_epoch"] for r in rows])
+    y = np.log([r["epoch_seconds"] for r in rows])
+    slope = float(np.polyfit(x, y, 1)[0])
+    # the upper half alone: fixed per-step costs (python, data) flatten the small sizes
+    slope_top = float(np.polyfit(x[len(x) // 2 - 1:], y[len(y) // 2 - 1:], 1)[0])
+    return {"rows": rows, "exponent": round(slope, 3), "exponent_largest_three": round(slope_top, 3),
+            "target": [0.9, 1.1], "in_target": 0.9 <= slope <= 1.1}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--data"), ap.add_argument("--corr"), ap.add_argument("--feat")
+    ap.add_argument("--clip-checkpoint")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["breakdown", "throughput", "scaling"])
+    ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks"))
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        throughput_child(args)
+        return
+    from text4point.correspondences import cpu_threads
+    from text4point.runtime import device
+
+    cfg = P.load(args.params)
+    dev = device()
+    result = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+                          "platform": platform.platform(), "device": str(dev),
+                          "intra_op_threads": 1 if dev.type == "cpu" else None},
+              "repeats": args.repeats}
+    with tempfile.TemporaryDirectory() as tmp, cpu_threads(dev, 1):
+        if args.data:
+            paths = {"world": Path(args.data), "corr": Path(args.corr), "feat": Path(args.feat),
+                     "clip_checkpoint": Path(args.clip_checkpoint) if args.clip_checkpoint else None}
+            result["inputs"] = "given"
+        else:
+            t0 = time.perf_counter()
+            paths = make_inputs(cfg, Path(tmp))
+            cfg["clip"]["pretrained"] = paths.pop("pretrained")
+            result["inputs"] = f"generated (1 clip, 2 train, 1 val scenes) in {time.perf_counter() - t0:.1f} s"
+        from text4point.pretrain.data import FrameDataset  # noqa: F401 - import cost outside the timings
+
+        frame_points = _frame_points(paths["corr"], paths["world"])
+        result["frame_points"] = frame_points
+        result["config"] = {k: cfg["pretrain"][k] for k in ("backbone", "width", "bottleneck_dim", "out_dim",
+                                                             "batch_size", "num_matches", "max_points", "workers")}
+        if "breakdown" not in args.skip:
+            runs = [step_breakdown(cfg, paths, args.steps, dev) for _ in range(args.repeats)]
+            result["step_breakdown"] = _median_breakdown(runs)
+            print(json.dumps(result["step_breakdown"]), flush=True)
+        if "throughput" not in args.skip:
+            result["throughput"] = throughput(cfg, paths, args.steps, args.repeats)
+        if "scaling" not in args.skip:
+            result["epoch_scaling"] = epoch_scaling(cfg, paths, args.repeats)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "pretrain.json", result)
+    write_text(out / "pretrain.md", _markdown(result))
+    print(json.dumps(result, indent=2))
+
+
+def _frame_points(corr: Path, world: Path) -> dict:
+    from text4point.scene import Dataset
+
+    sizes = []
+    for sid in Dataset(world).split("train"):
+        po = np.load(Path(corr) / sid / "point_offsets.npy")
+        sizes += np.diff(po).tolist()
+    return {"frames": len(sizes), "median": float(np.median(sizes)), "min": int(min(sizes)), "max": int(max(sizes))}
+
+
+def _median_breakdown(runs: list[dict]) -> dict:
+    out = dict(runs[0])
+    out["seconds"] = {k: round(statistics.median(r["seconds"][k] for r in runs), 5) for k in runs[0]["seconds"]}
+    out["step_seconds"] = round(statistics.median(r["step_seconds"] for r in runs), 5)
+    out["share"] = {k: round(statistics.median(r["share"][k] for r in runs), 4) for k in runs[0]["share"]}
+    out["batch_make_seconds_main_process"] = round(statistics.median(r["batch_make_seconds_main_process"]
+                                                                     for r in runs), 5)
+    out["data_share_ok"] = out["share"]["data_wait"] <= 0.10
+    out["repeats"] = len(runs)
+    return out
+
+
+def _markdown(r: dict) -> str:
+    m = r["machine"]
+    lines = ["# Pre-training speed and memory", "",
+             f"Device: {m['device']} ({m['cpus']} CPUs, one intra-op thread as run_stage uses on CPU; no GPU was "
+             f"measured), torch {m['torch']}. Medians of {r['repeats']} repeats. Inputs: {r['inputs']}; train frames: "
+             f"{r['frame_points']['frames']}, points per frame median {r['frame_points']['median']:.0f} "
+             f"({r['frame_points']['min']}-{r['frame_points']['max']}). Config: {r['config']}.", ""]
+    if "step_breakdown" in r:
+        b = r["step_breakdown"]
+        lines += [f"## One step ({b['variant']}, {b['backbone']} width {b['width']}, batch {b['batch_size']}, "
+                  f"{b['workers']} prefetching workers, {b['points_per_batch']:.0f} points per batch)", "",
+                  "| part | seconds | share |", "|---|---|---|"]
+        for k, v in b["seconds"].items():
+            lines.append(f"| {k} | {v} | {b['share'].get(k, 0):.1%} |")
+        lines += [f"| step | {b['step_seconds']} | 100% |", "",
+                  f"Data loading (waiting for the prefetched batch) is {b['share']['data_wait']:.1%} of the step "
+                  f"(target <= 10%: {'met' if b['data_share_ok'] else 'NOT met'}); making a batch in the main "
+                  f"process would take {b['batch_make_seconds_main_process']} s.", ""]
+    if "throughput" in r:
+        mem = "peak RSS MB (growth in training)" if "peak_rss_mb" in r["throughput"][0] else "peak CUDA MB"
+        lines += ["## Throughput and memory (training steps, fresh process each)", "",
+                  f"| backbone | width | parameters | points/s | step s | points/batch | saved for backward MB | "
+                  f"weights+grads+Adam MB | {mem} |", "|---|---|---|---|---|---|---|---|---|"]
+        for t in r["throughput"]:
+            memv = (f"{t['peak_rss_mb']:.0f} ({t['peak_rss_growth_mb']:.0f})" if "peak_rss_mb" in t
+                    else f"{t['peak_memory_mb']:.0f}")
+            lines.append(f"| {t['backbone']} | {t['width']} | {int(t['parameters'])} | {t['points_per_second']:.0f} | "
+                         f"{t['step_seconds']:.3f} | {t['points_per_batch']:.0f} | {t['saved_for_backward_mb']:.1f} | "
+                         f"{t['params_grads_adam_mb']:.1f} | {memv} |")
+        lines += ["", "Peak RSS is the whole process (Python, torch, open_clip imports: about 1.1 GB before any "
+                      "step); the activation memory of a step is the 'saved for backward' column.", ""]
+    if "epoch_scaling" in r:
+        s = r["epoch_scaling"]
+        lines += ["## Epoch time against cloud size (run_stage, 1 epoch)", "",
+                  "| max_points | points per epoch | steps | epoch seconds |", "|---|---|---|---|"]
+        for row in s["rows"]:
+            lines.append(f"| {row['max_points']} | {row['points_per_epoch']} | {row['steps']} | {row['epoch_seconds']} |")
+        lines += ["", f"Fitted exponent (epoch seconds ~ points^k): k = {s['exponent']} (target 0.9-1.1: "
+                      f"{'met' if s['in_target'] else 'NOT met'}); over the three largest sizes k = "
+                      f"{s['exponent_largest_three']}.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
