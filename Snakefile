@@ -19,4 +19,5 @@ rule all:
     input:
         rules.show.output,
         TABLES,
+        rules.figures.output,
     default_target: True

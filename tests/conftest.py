@@ -34,6 +34,16 @@ def tiny_world(tmp_path_factory, tiny_params) -> Path:
 
 
 @pytest.fixture()
+def one_thread():
+    """One intra-op thread, as the stages use on CPU: tiny models run fastest so and are immune to a busy
+    shared CPU (and results do not depend on a thread count). Modules opt in with ``pytestmark``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
 def mlflow_sqlite(tmp_path, monkeypatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

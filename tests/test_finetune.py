@@ -17,12 +17,7 @@ TINY_FINETUNE = {"epochs": 2, "batch_size": 2, "max_points": 3000, "det": {"num_
                                                                           "nms_iou": 0.25}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

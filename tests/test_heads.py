@@ -17,12 +17,7 @@ CHAIR, TABLE, WALL = SCANNET20.index("chair"), SCANNET20.index("table"), SCANNET
 SIZES = (60, 40)  # two clouds, packed PyG-style
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def packed(dim=16, seed=0):

@@ -16,13 +16,7 @@ import torch
 
 from text4point.errors import InputError
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread, as run_stage uses on CPU (fast and reproducible on a shared machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(pt_inputs, **pretrain) -> dict:

@@ -91,6 +91,10 @@ def test_tiny_pipeline_under_snakemake_and_dvc(tmp_path):
     job = json.loads((proj / "results/finetune/det/text4point/seed0-frac1.0/metrics.json").read_text())
     assert job["task"] == "det" and job["init"] == "text4point" and 0.0 <= job["map25"] <= 1.0
     assert job["mlflow_run_id"] in (proj / "results/tables/det.md").read_text()
+    figures = json.loads((proj / "results/figures/finetune/figures.json").read_text())["figures"]
+    assert {"training_curves.png", "semseg_per_class_iou.png", "semseg_val_0000.png", "insseg_val_0000.png",
+            "det_val_0000.png"} <= set(figures)
+    assert all((proj / "results/figures/finetune" / f).stat().st_size > 10_000 for f in figures)
     assert "Nothing to be done" in _run(SNAKEMAKE + ["-n", "all"], proj, env).stdout
 
     # --- DVC: its stages call Snakemake, which finds nothing to recompute

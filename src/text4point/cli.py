@@ -170,6 +170,15 @@ def cmd_tables(args) -> None:
     print(json.dumps(summary))
 
 
+def cmd_figures(args) -> None:
+    from .figures import make_figures
+
+    cfg = _load_params(args)
+    out = Path(args.out_dir)
+    written = make_figures(cfg, Path(args.data), Path(args.finetune_dir), out, scenes=args.scenes)
+    write_json(out / "figures.json", {"figures": [p.name for p in written]})  # written last: the rule's output
+
+
 def cmd_show(args) -> None:
     from .show import show
 
@@ -247,6 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain-dir", default="results/metrics/pretrain", help="the pretrain jobs' metrics")
     p.add_argument("--out-dir", default="results/tables", help="where the tables go")
     p.set_defaults(func=cmd_tables)
+
+    p = with_params(sub.add_parser("figures", help="per-class IoU, training curves, predictions vs ground truth"))
+    p.add_argument("--data", required=True, help="dataset root")
+    p.add_argument("--finetune-dir", default="results/finetune", help="the finetune jobs' directory")
+    p.add_argument("--out-dir", default="results/figures/finetune")
+    p.add_argument("--scenes", type=int, default=2, help="val scenes to draw")
+    p.set_defaults(func=cmd_figures)
 
     p = sub.add_parser("show", help="PNG previews: a scene's points by class and a frame's colour/depth/labels")
     p.add_argument("--data", required=True, help="dataset root")

@@ -47,3 +47,24 @@ rule tables:
     shell:
         "text4point tables --params-json {params.cfg:q} --finetune-dir results/finetune "
         "--pretrain-dir results/metrics/pretrain --out-dir results/tables > {log} 2>&1"
+
+
+rule figures:
+    input:
+        finetune_runs(),
+        data=DATASET,
+    output:
+        manifest="results/figures/finetune/figures.json",
+    params:
+        cfg=sections("finetune"),
+        root=dirname_of("input", "data"),
+        out=dirname_of("output", "manifest"),
+    conda:
+        "../envs/text4point.yaml"
+    log:
+        "logs/figures.log",
+    benchmark:
+        "results/benchmarks/stages/figures.tsv"
+    shell:
+        "text4point figures --params-json {params.cfg:q} --data {params.root} --finetune-dir results/finetune "
+        "--out-dir {params.out} > {log} 2>&1"

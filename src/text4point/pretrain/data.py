@@ -36,6 +36,7 @@ Batches follow PyTorch Geometric (``x``, ``pos``, ``batch``), with match indices
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -252,8 +253,27 @@ class FrameDataset(_Base):
                 "name": self.name(index), "cells": int(grid["grid"][0]) * int(grid["grid"][1])}
 
 
+class _Batch:
+    """``to`` / ``pin_memory`` / ``num_points`` of the batch dataclasses: every tensor field moves, the host
+    fields (counts, names) stay."""
+
+    def _map(self, fn):
+        return dataclasses.replace(self, **{f.name: fn(getattr(self, f.name)) for f in dataclasses.fields(self)
+                                            if isinstance(getattr(self, f.name), Tensor)})
+
+    def to(self, device, non_blocking: bool = False):
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self):
+        return self._map(lambda t: t.pin_memory())
+
+    @property
+    def num_points(self) -> int:
+        return int(self.pos.size(0))
+
+
 @dataclass
-class FrameBatch:
+class FrameBatch(_Batch):
     """A batch of frames: PyG-style clouds and the sampled pixel <-> point matches.
 
     ``m_point`` indexes ``pos``/``x`` (offset into the batch); ``h2d`` (``M × d``, float16 as cached) is
@@ -273,18 +293,6 @@ class FrameBatch:
     names: list[str] = field(default_factory=list)
     num_clouds: int = 0
 
-    def to(self, device, non_blocking: bool = False) -> "FrameBatch":
-        t = {k: getattr(self, k).to(device, non_blocking=non_blocking)
-             for k in ("x", "pos", "batch", "m_point", "pixel_id", "h2d")}
-        return FrameBatch(**t, m_counts=self.m_counts, names=self.names, num_clouds=self.num_clouds)
-
-    def pin_memory(self) -> "FrameBatch":
-        t = {k: getattr(self, k).pin_memory() for k in ("x", "pos", "batch", "m_point", "pixel_id", "h2d")}
-        return FrameBatch(**t, m_counts=self.m_counts, names=self.names, num_clouds=self.num_clouds)
-
-    @property
-    def num_points(self) -> int:
-        return int(self.pos.size(0))
 
 
 def _clouds(samples: list[dict], pos_key: str = "pos", x_key: str = "x") -> tuple[Tensor, Tensor, Tensor, np.ndarray]:
@@ -379,7 +387,7 @@ class PairDataset(_Base):
 
 
 @dataclass
-class PairBatch:
+class PairBatch(_Batch):
     """A batch of frame pairs: cloud ``2k`` is frame a of pair k, cloud ``2k + 1`` its frame b;
     ``m_a[i]`` and ``m_b[i]`` index corresponding points (offset into the batch), grouped by pair
     (``m_counts[k]`` of pair ``k``)."""
@@ -393,17 +401,6 @@ class PairBatch:
     names: list[str] = field(default_factory=list)
     num_clouds: int = 0
 
-    def to(self, device, non_blocking: bool = False) -> "PairBatch":
-        t = {k: getattr(self, k).to(device, non_blocking=non_blocking) for k in ("x", "pos", "batch", "m_a", "m_b")}
-        return PairBatch(**t, m_counts=self.m_counts, names=self.names, num_clouds=self.num_clouds)
-
-    def pin_memory(self) -> "PairBatch":
-        t = {k: getattr(self, k).pin_memory() for k in ("x", "pos", "batch", "m_a", "m_b")}
-        return PairBatch(**t, m_counts=self.m_counts, names=self.names, num_clouds=self.num_clouds)
-
-    @property
-    def num_points(self) -> int:
-        return int(self.pos.size(0))
 
 
 def collate_pairs(samples: list[dict]) -> PairBatch:

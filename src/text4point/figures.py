@@ -1,0 +1,141 @@
+"""Figures of the fine-tuning results (the ``figures`` stage): what the tables summarise, drawn.
+
+- ``semseg_per_class_iou.png``: per-class IoU of each initialisation at the largest label fraction (mean over
+  seeds), grouped bars;
+- ``training_curves.png``: the fine-tuning loss per epoch of every job, one panel per task, one colour per
+  initialisation;
+- ``<task>_<scene>.png`` for the first ``scenes`` val scenes: top views of ground truth next to the predictions of
+  each initialisation (seed = the first seed, the largest label fraction): classes for ``semseg``, instances
+  for ``insseg``, boxes for ``det``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .labels import IGNORE_LABEL
+from .scene import Dataset
+from .show import _class_colors, _save
+from .tables import collect, run_path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def per_class_iou(runs: dict, ft: dict, classes: list[str], out: Path) -> Path:
+    plt = _plt()
+    full = max(float(f) for f in ft["label_fractions"])
+    inits = ft["inits"]
+    fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(classes) * len(inits) / 2), 4.5))
+    width = 0.8 / len(inits)
+    x = np.arange(len(classes))
+    for i, init in enumerate(inits):
+        jobs = runs[("semseg", init, full)]
+        iou = np.array([[np.nan if j["per_class"].get(c) is None else j["per_class"][c] for c in classes] for j in jobs])
+        ax.bar(x + (i - (len(inits) - 1) / 2) * width, 100 * np.nanmean(iou, 0), width, label=init)
+    ax.set_xticks(x, classes, rotation=60, ha="right")
+    ax.set_ylabel("IoU (%)")
+    ax.set_title(f"Semantic segmentation, per class (val, {full:g} of train scenes, mean over seeds)")
+    ax.legend()
+    path = out / "semseg_per_class_iou.png"
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def training_curves(runs: dict, ft: dict, out: Path) -> Path:
+    plt = _plt()
+    tasks = ft["tasks"]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, task in zip(axes[0], tasks):
+        for i, init in enumerate(ft["inits"]):
+            for f in ft["label_fractions"]:
+                for k, j in enumerate(runs[(task, init, float(f))]):
+                    ax.plot(np.arange(1, len(j["loss_history"]) + 1), j["loss_history"], color=colours[i % len(colours)],
+                            ls="-" if float(f) == max(map(float, ft["label_fractions"])) else "--", lw=1,
+                            label=f"{init}, {float(f):g}" if k == 0 else None)
+        ax.set_title(f"{task}: fine-tuning loss")
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    path = out / "training_curves.png"
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def _instance_colours(ids: np.ndarray) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    palette = rng.uniform(0.15, 0.95, (int(ids.max(initial=0)) + 1, 3))
+    out = palette[np.maximum(ids, 0)]
+    out[ids <= 0] = 0.85
+    return out
+
+
+def scene_figure(data_root: Path, ft_root: Path, ft: dict, task: str, scene_id: str, out: Path) -> Path:
+    plt = _plt()
+    ds = Dataset(data_root)
+    names = list(ds.label_set.classes)
+    colours = _class_colors(len(names))
+    pts = ds.scene(scene_id).points()
+    xyz, sem, inst = pts["xyz"], pts["semantic"].astype(np.int64), pts["instance"].astype(np.int64)
+    order = np.argsort(xyz[:, 2])
+    seed, full = ft["seeds"][0], max(float(f) for f in ft["label_fractions"])
+    panels = [("ground truth", None)] + [(init, np.load(run_path(ft_root, task, init, seed, full).with_name(
+        "predictions.npz"))) for init in ft["inits"]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
+    for ax, (title, pred) in zip(axes[0], panels):
+        if task == "semseg":
+            lab = sem if pred is None else pred[f"{scene_id}/semantic"].astype(np.int64)
+            c = np.where((lab == IGNORE_LABEL)[:, None], 0.85, colours[np.minimum(lab, len(names) - 1)])
+        elif task == "insseg":
+            ids = np.where(np.isin(sem, ds.label_set.thing_ids), inst, 0) if pred is None else \
+                pred[f"{scene_id}/instance"].astype(np.int64)
+            c = _instance_colours(ids)
+        else:
+            c = pts["rgb"] / 255.0
+        ax.scatter(xyz[order, 0], xyz[order, 1], c=c[order], s=0.6, linewidths=0)
+        if task == "det":
+            if pred is None:
+                boxes = [(b["center"], b["size"], b["semantic"]) for b in ds.scene(scene_id).boxes()]
+            else:
+                bx, bc, bs = (pred[f"{scene_id}/boxes"], pred[f"{scene_id}/box_classes"],
+                              pred[f"{scene_id}/box_scores"])
+                boxes = [(b[:3], b[3:], c) for b, c, s in zip(bx, bc, bs) if s >= 0.3]
+            for (cx, cy, _), (sx, sy, _), cls in boxes:
+                ax.add_patch(plt.Rectangle((cx - sx / 2, cy - sy / 2), sx, sy, fill=False, lw=1,
+                                           ec=colours[int(cls) % len(colours)]))
+        ax.set_title(f"{scene_id} {task}: {title}", fontsize=9)
+        ax.set_aspect("equal")
+        ax.axis("off")
+    path = out / f"{task}_{scene_id}.png"
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def make_figures(cfg: dict, data_root: Path, ft_root: Path, out: Path, scenes: int = 2) -> list[Path]:
+    """Every figure of the module docstring; returns the written paths."""
+    ft = cfg["finetune"]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = collect(Path(ft_root), ft)
+    ds = Dataset(data_root)
+    written = [training_curves(runs, ft, out)]
+    if "semseg" in ft["tasks"]:
+        written.append(per_class_iou(runs, ft, list(ds.label_set.classes), out))
+    for task in ft["tasks"]:
+        for sid in ds.split("val")[:scenes]:
+            written.append(scene_figure(data_root, Path(ft_root), ft, task, sid, out))
+    return written
+
+
+__all__ = ["make_figures", "per_class_iou", "scene_figure", "training_curves"]
