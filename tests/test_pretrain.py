@@ -212,8 +212,9 @@ def test_tracked_run_with_zeroshot(pt_inputs, tmp_path, mlflow_sqlite):
     cfg = _cfg(pt_inputs, epochs=1)
     m = _run(pt_inputs, tmp_path / "ic", variant="image_contrast", cfg=cfg, zeroshot_eval=True, track=True,
              log_every=1)
-    for key in ("zeroshot_miou", "zeroshot_miou_random"):
+    for key in ("zeroshot_miou", "zeroshot_miou_random", "zeroshot_miou_teacher", "zeroshot_accuracy_teacher"):
         assert 0.0 <= m[key] <= 1.0
+    assert 0.0 < m["zeroshot_teacher_coverage"] <= 1.0  # the teacher sees part of every val scene's points
     run = mlflow.get_run(mlflow.search_runs(experiment_names=["text4point-test/pretrain"], output_format="list",
                                             max_results=1)[0].info.run_id)
     assert run.data.tags["variant"] == "image_contrast" and run.data.tags["backbone"] == "pointnet2"

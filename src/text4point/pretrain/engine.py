@@ -515,7 +515,7 @@ def _run(cfg, pc, seed, dist, data_root, corr_dir, features_dir, variant, out_ch
             with atomic_path(out_checkpoint) as tmp:
                 torch.save({"model": sd, "meta": meta}, tmp)
             if zeroshot_eval and text is not None:
-                metrics.update(_zeroshot(cfg, variant, model, clip_dim, text, data_root, corr_dir, ds, dev))
+                metrics.update(_zeroshot(cfg, variant, model, clip_dim, text, data_root, corr_dir, ds, dev, features))
             elif zeroshot_eval:
                 metrics["zeroshot_note"] = "no CLIP features given: zero-shot evaluation skipped"
             metrics["seconds"] = round(time.perf_counter() - t_start, 2)
@@ -547,7 +547,7 @@ def _flush(buf, names, dist, epoch, variant, track) -> None:
         _log_batch(rows)
 
 
-def _zeroshot(cfg, variant, model, clip_dim, text, data_root, corr_dir, ds, dev) -> dict:
+def _zeroshot(cfg, variant, model, clip_dim, text, data_root, corr_dir, ds, dev, features=None) -> dict:
     from ..correspondences import load_manifest
 
     voxel = float(load_manifest(corr_dir)["params"]["voxel_size"])
@@ -570,6 +570,11 @@ def _zeroshot(cfg, variant, model, clip_dim, text, data_root, corr_dir, ds, dev)
     else:
         out["zeroshot_note"] = ("pointcontrast trains no CLIP-space head: only the random network's zero-shot "
                                 "mIoU is reported")
+    if features is not None:  # the 2D teacher's own zero-shot labelling of the points it sees: the ceiling
+        c = zeroshot.teacher_ceiling(data_root, features, val, text, float(cfg["correspondences"]["depth_tolerance"]),
+                                     classes)
+        out.update({"zeroshot_miou_teacher": c["miou"], "zeroshot_accuracy_teacher": c["accuracy"],
+                    "zeroshot_teacher_coverage": c["coverage"]})
     out["zeroshot_scenes"] = len(val)
     return out
 

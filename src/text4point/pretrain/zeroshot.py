@@ -135,4 +135,67 @@ def evaluate(model, data_root: Path, scene_ids: list[str], text: torch.Tensor, v
             "accuracy_majority_constant": float(gt_counts.max() / total) if total else 0.0}
 
 
-__all__ = ["confusion_matrix", "evaluate", "iou_from_confusion", "predict_points", "voxel_cloud"]
+@torch.no_grad()
+def teacher_ceiling(data_root: Path, features, scene_ids: list[str], text: torch.Tensor, depth_tolerance: float = 0.05,
+                    classes: list[str] | None = None) -> dict:
+    """The same zero-shot labelling done by the *2D teacher*: what a perfect distillation could reach.
+
+    Every scene point is projected into each cached frame (colour camera); where the frame's depth confirms it
+    is visible (``|z - depth| < depth_tolerance`` at the depth pixel it falls in), the frame's dense CLIP
+    feature at that pixel votes with its cosine scores against ``text``; a point takes the class of its summed
+    votes. Points no frame sees are left out (``coverage`` says how many were seen). Returns ``{"miou",
+    "accuracy", "coverage", ...}`` like :func:`evaluate`.
+    """
+    from ..clip.features import pixel_to_cell
+    from ..correspondences import _project, projection_matrix
+    from ..scene import FrameDefect
+
+    ds = Dataset(data_root)
+    classes = list(classes or ds.label_set.classes)
+    k = len(classes)
+    t = F.normalize(text.float(), dim=1)
+    conf = np.zeros((k, k), np.int64)
+    seen_total = labelled_total = 0
+    for sid in scene_ids:
+        scene = ds.scene(sid)
+        pts = scene.points()
+        xyz = torch.as_tensor(np.asarray(pts["xyz"], np.float32))
+        votes = torch.zeros((len(xyz), k))
+        seen = torch.zeros(len(xyz), dtype=torch.bool)
+        ccam, dcam = scene.cameras()
+        grid = features.grid(sid)
+        feats = features.features(sid)
+        for row, frame in enumerate(features.frames(sid).tolist()):
+            try:
+                pose = scene.pose(frame)
+                depth = torch.as_tensor(scene.depth(frame))
+            except FrameDefect:
+                continue
+            Pd = projection_matrix(dcam.K, pose @ dcam.extrinsic)
+            _, zd, inside_d, uid = _project(xyz, Pd, dcam.width, dcam.height)
+            ud = uid[:, 0].clamp(0, dcam.width - 1).long()
+            vd = uid[:, 1].clamp(0, dcam.height - 1).long()
+            observed = depth[vd, ud]
+            visible = inside_d & (observed > 0) & ((zd - observed).abs() < depth_tolerance)
+            Pc = projection_matrix(ccam.K, pose @ ccam.extrinsic)
+            _, _, inside_c, uic = _project(xyz, Pc, ccam.width, ccam.height)
+            visible &= inside_c
+            idx = torch.nonzero(visible).squeeze(1)
+            if len(idx) == 0:
+                continue
+            r, c = pixel_to_cell(uic[idx, 0].numpy(), uic[idx, 1].numpy(), grid)
+            f = F.normalize(torch.as_tensor(np.asarray(feats[row])[r, c], dtype=torch.float32), dim=1)
+            votes.index_add_(0, idx, f @ t.T)
+            seen[idx] = True
+        sem = np.asarray(pts["semantic"], np.int64)
+        m = seen.numpy()
+        conf += confusion_matrix(votes.argmax(1).numpy()[m], sem[m], k)
+        seen_total += int(((sem != IGNORE_LABEL) & m).sum())
+        labelled_total += int((sem != IGNORE_LABEL).sum())
+    miou, ious = iou_from_confusion(conf)
+    total = int(conf.sum())
+    return {"miou": miou, "accuracy": float(np.trace(conf) / total) if total else 0.0,
+            "iou": dict(zip(classes, ious)), "coverage": seen_total / max(labelled_total, 1)}
+
+
+__all__ = ["confusion_matrix", "evaluate", "iou_from_confusion", "predict_points", "teacher_ceiling", "voxel_cloud"]
