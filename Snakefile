@@ -8,6 +8,9 @@ min_version("9.0")
 configfile: "params.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/clip.smk"
@@ -20,4 +23,5 @@ rule all:
         rules.show.output,
         TABLES,
         rules.figures.output,
+        TABLE_CSVS,
     default_target: True

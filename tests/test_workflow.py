@@ -24,6 +24,17 @@ def _run(cmd, cwd, env=None, check=True):
     return r
 
 
+def _open_in_chromium(html: Path, screenshot: Path) -> tuple[str, Path]:
+    """The DOM of ``html`` after its scripts ran, and a screenshot, from Debian's headless Chromium (installed by
+    scripts/install_chromium.sh when missing)."""
+    _run(["bash", str(ROOT / "scripts" / "install_chromium.sh")], ROOT)
+    base = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--virtual-time-budget=15000", "--window-size=1400,1000"]
+    dom = _run(base + ["--dump-dom", html.as_uri()], html.parent).stdout
+    _run(base + [f"--screenshot={screenshot}", html.as_uri()], html.parent)
+    return dom, screenshot
+
+
 def _tree_digest(path: Path) -> str:
     h = hashlib.sha256()
     for p in sorted(path.rglob("*")):
@@ -96,6 +107,13 @@ def test_tiny_pipeline_under_snakemake_and_dvc(tmp_path):
             "det_val_0000.png"} <= set(figures)
     assert all((proj / "results/figures/finetune" / f).stat().st_size > 10_000 for f in figures)
     assert "Nothing to be done" in _run(SNAKEMAKE + ["-n", "all"], proj, env).stdout
+
+    # --- the HTML report holds the tables and figures, and renders in headless Chromium
+    _run(SNAKEMAKE + ["--report", "report.html"], proj, env)
+    dom, shot = _open_in_chromium(proj / "report.html", tmp_path / "report.png")
+    for text in ("Tables", "Figures", "semseg.csv", "ablation.csv", "training_curves.png", "Text4Point, rebuilt"):
+        assert text in dom, text
+    assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
 
     # --- DVC: its stages call Snakemake, which finds nothing to recompute
     bench = (proj / "results/benchmarks/stages/data.tsv").read_text()

@@ -43,6 +43,7 @@ CORR = "data/correspondences"
 VARIANTS = config["pretrain"]["variants"]
 TABLE_NAMES = ["semseg", "insseg", "det", "efficiency", "ablation", "zeroshot", "reference"]
 TABLES = expand("results/tables/{name}.md", name=TABLE_NAMES)
+TABLE_CSVS = expand("results/tables/{name}.csv", name=TABLE_NAMES)
 
 
 def dirname_of(kind, name):

@@ -36,6 +36,7 @@ rule tables:
         expand("results/metrics/pretrain/{variant}.json", variant=VARIANTS),
     output:
         TABLES,
+        report(TABLE_CSVS, caption="../report/table.rst", category="Tables"),
     params:
         cfg=sections("finetune", "pretrain", "tracking"),
     conda:
@@ -54,11 +55,11 @@ rule figures:
         finetune_runs(),
         data=DATASET,
     output:
-        manifest="results/figures/finetune/figures.json",
+        figures=report(directory("results/figures/finetune"), patterns=["{name}.png"],
+                       caption="../report/figures.rst", category="Figures"),
     params:
         cfg=sections("finetune"),
         root=dirname_of("input", "data"),
-        out=dirname_of("output", "manifest"),
     conda:
         "../envs/text4point.yaml"
     log:
@@ -67,4 +68,4 @@ rule figures:
         "results/benchmarks/stages/figures.tsv"
     shell:
         "text4point figures --params-json {params.cfg:q} --data {params.root} --finetune-dir results/finetune "
-        "--out-dir {params.out} > {log} 2>&1"
+        "--out-dir {output.figures} > {log} 2>&1"
