@@ -240,3 +240,26 @@ def test_tables_name_a_missing_job(tmp_path):
            "pretrain": {"variants": []}}
     with pytest.raises(InputError, match=r"det/scratch/seed0-frac1.0/metrics.json: file not found"):
         build_tables(cfg, tmp_path / "ft", tmp_path / "pt", tmp_path / "tables")
+
+
+def test_an_empty_scene_or_labels_outside_the_label_set_are_one_line(tiny_world, tmp_path):
+    import shutil
+
+    from text4point.finetune.data import load_scene
+    from text4point.scene import write_points
+
+    root = tmp_path / "world"
+    shutil.copytree(tiny_world, root)
+    ds = Dataset(root)
+    sid, other = ds.split("train")[:2]
+    ply = ds.scene(sid).path / "points.ply"
+    write_points(ply, np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8), np.zeros(0, np.uint8),
+                 np.zeros(0, np.int32))
+    with pytest.raises(InputError, match=r"points.ply: vertex: expected at least one point \(empty scene\), got 0$"):
+        load_scene(ds, sid, 0.1)
+    pts = ds.scene(other).points()
+    sem = pts["semantic"].copy()
+    sem[0] = 40
+    write_points(ds.scene(other).path / "points.ply", pts["xyz"], pts["rgb"], sem, pts["instance"])
+    with pytest.raises(InputError, match=r"points.ply: field semantic: expected ids in \[0, 20\) or 255, got 40$"):
+        load_scene(ds, other, 0.1)

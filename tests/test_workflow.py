@@ -1,5 +1,6 @@
-"""The DAG under Snakemake and DVC on the tiny config: lint, dry runs, a real run, unbuilt stages that
-fail loudly, DVC push/pull round trip, and no reruns after `dvc checkout`/`dvc pull` (mtime only)."""
+"""The DAG under Snakemake and DVC on the tiny config: lint, dry runs, a real run of every stage down to the
+tables, figures and HTML report, reruns limited to the jobs whose params changed, DVC push/pull round trip, no
+reruns after `dvc checkout`/`dvc pull` (mtime only), and two runs from clean giving identical tables."""
 
 import hashlib
 import json
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, project_copy
@@ -33,6 +35,19 @@ def _open_in_chromium(html: Path, screenshot: Path) -> tuple[str, Path]:
     dom = _run(base + ["--dump-dom", html.as_uri()], html.parent).stdout
     _run(base + [f"--screenshot={screenshot}", html.as_uri()], html.parent)
     return dom, screenshot
+
+
+def _dry_run_jobs(proj: Path, env: dict) -> dict[str, int]:
+    """Job counts of ``snakemake -n all`` (its "Job stats" table)."""
+    out = _run(SNAKEMAKE + ["-n", "all"], proj, env).stdout
+    jobs = {}
+    if "Job stats:" in out:
+        for line in out.split("Job stats:")[1].splitlines()[3:]:
+            parts = line.split()
+            if len(parts) != 2 or parts[0] == "total":
+                break
+            jobs[parts[0]] = int(parts[1])
+    return jobs
 
 
 def _tree_digest(path: Path) -> str:
@@ -137,9 +152,45 @@ def test_tiny_pipeline_under_snakemake_and_dvc(tmp_path):
         os.utime(p)
     assert "Nothing to be done" in _run(SNAKEMAKE + ["-n", "show"], proj, env).stdout
 
+    # --- a fine-tuning parameter reruns the fine-tuning jobs (and what reads them), nothing upstream;
+    # --- another seed adds its jobs and reruns no finished one
+    original = (proj / "params.yaml").read_text()
+    (proj / "params.yaml").write_text(original.replace("  epochs: 1\n  max_points: 3000", "  epochs: 2\n  max_points: 3000"))
+    jobs = _dry_run_jobs(proj, env)
+    assert jobs == {"finetune": 6, "tables": 1, "figures": 1, "all": 1}, jobs
+    (proj / "params.yaml").write_text(original.replace("  seeds: [0]", "  seeds: [0, 1]"))
+    jobs = _dry_run_jobs(proj, env)
+    assert jobs == {"finetune": 6, "tables": 1, "figures": 1, "all": 1}, jobs
+    (proj / "params.yaml").write_text(original)
+
     # --- changing a data parameter reruns exactly the jobs that read it
     params = (proj / "params.yaml").read_text().replace("frames_per_scene: 6", "frames_per_scene: 7")
     (proj / "params.yaml").write_text(params)
     dry = _run(SNAKEMAKE + ["-n", "show"], proj, env).stdout
     assert "data        1" in dry.replace("\t", " ") or "\ndata " in dry
     assert "Params have changed since last execution" in dry
+
+
+@pytest.mark.slow
+def test_two_runs_from_clean_give_identical_tables(tmp_path):
+    """Reproducibility on CPU: the tiny DAG, run twice from an empty project, gives the same tables (the MLflow
+    run ids, which name each run, excepted) and the same fine-tuning predictions."""
+    import pandas as pd
+
+    tables = []
+    for k in range(2):
+        proj = project_copy(tmp_path / f"proj{k}")
+        env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / f'mlflow{k}.db'}", DVC_NO_ANALYTICS="1")
+        _run(SNAKEMAKE + ["tables"], proj, env)
+        tables.append({p.name: pd.read_csv(p).drop(columns=["mlflow runs"], errors="ignore")
+                       for p in sorted((proj / "results/tables").glob("*.csv"))})
+        with np.load(proj / "results/finetune/semseg/text4point/seed0-frac1.0/predictions.npz") as npz:
+            tables[-1]["predictions"] = {key: npz[key] for key in npz.files}
+    assert tables[0].keys() == tables[1].keys() and len(tables[0]) == 8
+    for name in tables[0]:
+        if name == "predictions":
+            assert tables[0][name].keys() == tables[1][name].keys()
+            for key in tables[0][name]:
+                np.testing.assert_array_equal(tables[0][name][key], tables[1][name][key])
+        else:
+            pd.testing.assert_frame_equal(tables[0][name], tables[1][name], obj=name)
