@@ -194,10 +194,21 @@ def write_image(path: str | os.PathLike, array: np.ndarray, quality: int = 92) -
             img.save(tmp, format="PNG")
 
 
-def read_image(path: str | os.PathLike, dtype: type = np.uint8) -> np.ndarray:
-    """Decode an image; a missing, truncated or corrupt file raises ``FrameDefect``."""
+def read_image(path: str | os.PathLike, dtype: type = np.uint8, size: tuple[int, int] | None = None,
+               mode: str | None = None, draft: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode an image; a missing, truncated or corrupt file raises ``FrameDefect``.
+
+    ``size = (w, h)`` / ``mode``: checked from the header before decoding (``FrameDefect("bad_image_size")``).
+    ``draft = (w, h)``: a JPEG is decoded at a reduced scale no smaller than that (libjpeg's DCT scaling, 1/2 to
+    1/8; an area average, so no aliasing), several times faster than a full decode.
+    """
     try:
         with Image.open(path) as img:
+            if (size is not None and img.size != tuple(size)) or (mode is not None and img.mode != mode):
+                want = " ".join(x for x in (f"{size[0]}x{size[1]}" if size else "", mode or "") if x)
+                raise FrameDefect("bad_image_size", f"{path}: expected {want}, got {img.size[0]}x{img.size[1]} {img.mode}")
+            if draft is not None and img.format == "JPEG":
+                img.draft(img.mode, (int(draft[0]), int(draft[1])))
             img.load()
             a = np.asarray(img)
     except FileNotFoundError:

@@ -40,13 +40,12 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from ..errors import InputError
 from ..fsutil import atomic_path, clean_stale_temporaries, write_json
 from ..labels import LABEL_SETS
-from ..scene import Dataset, FrameDefect, Scene, sampled_frames
+from ..scene import Dataset, FrameDefect, Scene, read_image, sampled_frames
 from .load import ClipHandle, load_clip, preprocess_images, same_weights
 
 FEATURE_DTYPE = np.float16
@@ -210,21 +209,9 @@ def decode_color(scene: Scene, frame: int, min_size: Sequence[int] | None = None
     (libjpeg's DCT scaling, 1/2 to 1/8, never below ``min_size``; an area average, so no aliasing) - several
     times faster than a full decode. Without ``min_size`` (or for PNG) the full image is decoded.
     """
-    path = scene.frame_path("color", frame)
     cw, ch = scene.meta["color_size"]
-    try:
-        with Image.open(path) as img:
-            if img.size != (cw, ch) or img.mode != "RGB":
-                raise FrameDefect("bad_image_size", f"{path}: expected {cw}x{ch} RGB, got {img.size} {img.mode}")
-            if min_size is not None and img.format == "JPEG":
-                img.draft("RGB", (int(min_size[1]), int(min_size[0])))
-            img.load()
-            a = np.asarray(img)
-    except FileNotFoundError:
-        raise FrameDefect("missing_image", f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise FrameDefect("corrupt_image", f"{path}: unreadable image ({e})") from None
-    return a
+    draft = (int(min_size[1]), int(min_size[0])) if min_size is not None else None
+    return read_image(scene.frame_path("color", frame), size=(cw, ch), mode="RGB", draft=draft)
 
 
 def frame_tensor(scene: Scene, frame: int, input_size: Sequence[int], mean, std) -> torch.Tensor:
