@@ -8,7 +8,8 @@ setup:
 	bash scripts/setup.sh
 
 pipeline: setup
-	. .venv/bin/activate && snakemake --profile workflow/profiles/default all
+	. .venv/bin/activate && snakemake --profile workflow/profiles/default all && \
+	  snakemake --profile workflow/profiles/default --report results/report.html
 
 test: setup
 	. .venv/bin/activate && python -m pytest -q tests
