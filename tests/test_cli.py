@@ -73,6 +73,13 @@ def test_finetune_without_its_pretraining_checkpoint_is_one_line_and_writes_noth
     assert not (tmp_path / "m.json").exists()
 
 
+def test_an_unknown_option_is_refused_by_the_parser(tmp_path):
+    r = cli("tables", "--params", TINY, "--no-such-option", "1")
+    assert r.returncode == 2
+    assert r.stderr.strip().endswith("error: unrecognized arguments: --no-such-option 1")
+    assert "Traceback" not in r.stderr
+
+
 def test_show_writes_scene_and_frame_previews(tiny_world, tmp_path):
     r = cli("show", "--data", tiny_world, "--out-dir", tmp_path / "fig", "--scenes", "1")
     assert r.returncode == 0, r.stderr

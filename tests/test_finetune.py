@@ -4,7 +4,6 @@ end to end on the tiny world, the text4point language guidance, bad input."""
 from __future__ import annotations
 
 import copy
-import json
 
 import numpy as np
 import pytest

@@ -280,9 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown and args.func is not cmd_not_built:  # unbuilt stages take the options Snakemake passes
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args = parser.parse_args(argv)
     try:
         args.func(args)
     except InputError as e:

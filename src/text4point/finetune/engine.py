@@ -34,6 +34,7 @@ from ..correspondences import cpu_threads
 from ..errors import InputError
 from ..fsutil import atomic_path
 from ..metrics import confusion_matrix, detection_ap, instance_ap, semantic_metrics
+from ..pretrain.engine import cosine_schedule, load_checkpoint
 from ..runtime import seed_everything
 from ..scene import Dataset
 from .data import TrainScenes, centred, collate, label_fraction_scenes, load_scene
@@ -43,12 +44,7 @@ PRIMARY = {"semseg": "miou", "insseg": "ap50", "det": "map25"}
 
 
 def _load_init(path: Path) -> dict:
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(f"{path}: pre-training checkpoint not found (run the pretrain stage)") from None
-    except Exception as e:  # noqa: BLE001 - truncated / not a checkpoint
-        raise InputError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
+    ck = load_checkpoint(path)
     if not isinstance(ck, dict) or "model" not in ck or "meta" not in ck:
         raise InputError(f"{path}: expected a pretrain stage checkpoint with 'model' and 'meta'")
     return ck
@@ -121,8 +117,9 @@ def evaluate(model, task: str, clouds, label_set, ft: dict, device) -> tuple[dic
     else:
         m = detection_ap(det_preds, det_gts, (0.25, 0.5), class_names=[names[c] for c in things], class_ids=things)
         metrics = {"map25": m["map"]["0.25"], "map50": m["map"]["0.5"], "per_class": m["ap"]["0.25"]}
-    metrics = {key: (0.0 if v is None else v) if key in ("miou", "ap", "ap50", "ap25", "map25", "map50") else v
-               for key, v in metrics.items()}
+    for key in ("miou", "ap", "ap50", "ap25", "map25", "map50"):  # no evaluable class: report 0, as ScanNet would
+        if key in metrics and metrics[key] is None:
+            metrics[key] = 0.0
     return metrics, predictions
 
 
@@ -173,7 +170,7 @@ def _run(cfg, data_root, task, init, seed, fraction, init_path, clip_checkpoint,
     steps_per_epoch = math.ceil(len(train_clouds) / bs)
     epochs = int(ft["epochs"])
     total = max(1, epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    scheduler = cosine_schedule(optimizer, total)
     data = TrainScenes(train_clouds, int(ft["max_points"]), seed)
 
     logged = {"seed": cfg["seed"], "finetune": ft, "pretrain": cfg["pretrain"], "clip": cfg["clip"],
@@ -181,7 +178,7 @@ def _run(cfg, data_root, task, init, seed, fraction, init_path, clip_checkpoint,
               "label_fraction": fraction}
     phash = P.params_hash(logged)
     tags = {"task": task, "init": init, "seed": seed, "label_fraction": fraction, "params_hash": phash,
-            "dataset": ds.meta.get("source", "?") if hasattr(ds, "meta") else "?"}
+            "dataset": ds.meta.get("source", "?")}
     run_ctx = (tracking.run("finetune", logged, tags=tags,
                             experiment_prefix=cfg.get("tracking", {}).get("experiment_prefix", "text4point"),
                             run_name=f"{task}-{init}-seed{seed}-frac{fraction}") if track else contextlib.nullcontext())

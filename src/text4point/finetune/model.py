@@ -17,7 +17,6 @@ quarter of the voxels, by farthest-point sampling) carrying their ``z3D``.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

@@ -170,7 +170,8 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def _load(path: Path) -> dict:
+def load_checkpoint(path: Path) -> dict:
+    """``torch.load`` of a checkpoint on the CPU (weights only); a missing or unreadable file is one line."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -405,7 +406,7 @@ def _run(cfg, pc, seed, dist, data_root, corr_dir, features_dir, variant, out_ch
     start_epoch, global_step, resumed_from = 0, 0, None
     last = latest_checkpoint(ckdir)
     if last is not None:
-        ck = _load(last)
+        ck = load_checkpoint(last)
         check_compatible(last, ck, variant, backbone, identity, train_params)
         try:
             model.load_state_dict(ck["model"])
@@ -580,4 +581,5 @@ def _zeroshot(cfg, variant, model, clip_dim, text, data_root, corr_dir, ds, dev,
 
 
 __all__ = ["FORMAT", "TrainingDiverged", "build_model", "check_compatible", "clip_identity", "latest_checkpoint",
+           "load_checkpoint",
            "run_stage", "weights_sha256"]

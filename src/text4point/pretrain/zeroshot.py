@@ -147,7 +147,7 @@ def teacher_ceiling(data_root: Path, features, scene_ids: list[str], text: torch
     "accuracy", "coverage", ...}`` like :func:`evaluate`.
     """
     from ..clip.features import pixel_to_cell
-    from ..correspondences import _project, projection_matrix
+    from ..correspondences import project
     from ..scene import FrameDefect
 
     ds = Dataset(data_root)
@@ -171,14 +171,16 @@ def teacher_ceiling(data_root: Path, features, scene_ids: list[str], text: torch
                 depth = torch.as_tensor(scene.depth(frame))
             except FrameDefect:
                 continue
-            Pd = projection_matrix(dcam.K, pose @ dcam.extrinsic)
-            _, zd, inside_d, uid = _project(xyz, Pd, dcam.width, dcam.height)
+            uvd, zd, inside_d = project(xyz, torch.as_tensor(dcam.K), torch.as_tensor(pose @ dcam.extrinsic),
+                                        dcam.width, dcam.height)
+            uid = torch.floor(uvd + 0.5)  # the pixel a point falls in, as ``project`` defines ``inside``
             ud = uid[:, 0].clamp(0, dcam.width - 1).long()
             vd = uid[:, 1].clamp(0, dcam.height - 1).long()
             observed = depth[vd, ud]
             visible = inside_d & (observed > 0) & ((zd - observed).abs() < depth_tolerance)
-            Pc = projection_matrix(ccam.K, pose @ ccam.extrinsic)
-            _, _, inside_c, uic = _project(xyz, Pc, ccam.width, ccam.height)
+            uvc, _, inside_c = project(xyz, torch.as_tensor(ccam.K), torch.as_tensor(pose @ ccam.extrinsic),
+                                       ccam.width, ccam.height)
+            uic = torch.floor(uvc + 0.5)
             visible &= inside_c
             idx = torch.nonzero(visible).squeeze(1)
             if len(idx) == 0:
