@@ -12,7 +12,7 @@ import torch
 from text4point.errors import InputError
 from text4point.scene import Dataset
 
-TINY_FINETUNE = {"epochs": 2, "batch_size": 2, "max_points": 3000, "det": {"num_proposals": 16, "radius": 0.3,
+TINY_FINETUNE = {"steps": 2, "batch_size": 2, "max_points": 3000, "det": {"num_proposals": 16, "radius": 0.3,
                                                                           "nms_iou": 0.25}}
 
 
@@ -122,7 +122,7 @@ def test_each_task_trains_and_is_scored_by_its_metric(ft_inputs, task, keys, tmp
 
 def test_semseg_loss_falls_when_training_longer(ft_inputs):
     cfg = copy.deepcopy(ft_inputs["cfg"])
-    cfg["finetune"]["epochs"] = 12
+    cfg["finetune"]["steps"] = 12
     m = _finetune(ft_inputs, "semseg", "scratch", cfg=cfg)
     assert m["loss_history"][-1] < m["loss_history"][0] - 0.3
 

@@ -279,3 +279,26 @@ def test_sample_matches_is_reproducible_and_without_replacement():
     again = sample_matches(50, 200, torch.Generator().manual_seed(3))
     assert torch.equal(first, again) and first.unique().numel() == 50 and first.max() < 200
     assert sample_matches(50, 20, torch.Generator().manual_seed(3)).sort().values.tolist() == list(range(20))
+
+
+def test_cpu_fps_samples_each_cloud_like_torch_cluster_with_the_same_coverage():
+    """The CPU sampler (fpsample) keeps torch_cluster's contract: ceil(n·ratio) indices per cloud, inside that
+    cloud, deterministic, with the same max–min covering distance (greedy FPS quality)."""
+    import torch_cluster
+
+    from text4point.models.sampling import fps
+
+    g = torch.Generator().manual_seed(0)
+    pos = torch.rand(3001, 3, generator=g)
+    batch = torch.cat([torch.zeros(1000, dtype=torch.long), torch.ones(2001, dtype=torch.long)])
+    ours = fps(pos, batch, 0.25)
+    ref = torch_cluster.fps(pos, batch, ratio=0.25, random_start=False)
+    assert len(ours) == len(ref) == 250 + 501 and len(set(ours.tolist())) == len(ours)
+    assert (batch[ours] == 0).sum() == 250 and bool((ours[:250] < 1000).all()) and bool((ours[250:] >= 1000).all())
+
+    def cover(idx):  # largest distance from a point of the cloud to its nearest sample
+        return max(float(torch.cdist(pos[batch == c], pos[idx[batch[idx] == c]]).min(1).values.max()) for c in (0, 1))
+
+    assert cover(ours) == pytest.approx(cover(ref), rel=0.1)
+    assert torch.equal(fps(pos, batch, 0.25), ours)  # deterministic
+    assert torch.equal(fps(pos[:5], None, 1.0), torch.arange(5))

@@ -155,7 +155,7 @@ def test_tiny_pipeline_under_snakemake_and_dvc(tmp_path):
     # --- a fine-tuning parameter reruns the fine-tuning jobs (and what reads them), nothing upstream;
     # --- another seed adds its jobs and reruns no finished one
     original = (proj / "params.yaml").read_text()
-    (proj / "params.yaml").write_text(original.replace("  epochs: 1\n  max_points: 3000", "  epochs: 2\n  max_points: 3000"))
+    (proj / "params.yaml").write_text(original.replace("  steps: 1\n  max_points: 3000", "  steps: 2\n  max_points: 3000"))
     jobs = _dry_run_jobs(proj, env)
     assert jobs == {"finetune": 6, "tables": 1, "figures": 1, "all": 1}, jobs
     (proj / "params.yaml").write_text(original.replace("  seeds: [0]", "  seeds: [0, 1]"))

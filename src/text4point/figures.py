@@ -2,7 +2,7 @@
 
 - ``semseg_per_class_iou.png``: per-class IoU of each initialisation at the largest label fraction (mean over
   seeds), grouped bars;
-- ``training_curves.png``: the fine-tuning loss per epoch of every job, one panel per task, one colour per
+- ``training_curves.png``: the fine-tuning loss against the optimizer step of every job, one panel per task, one colour per
   initialisation;
 - ``<task>_<scene>.png`` for the first ``scenes`` val scenes: top views of ground truth next to the predictions of
   each initialisation (seed = the first seed, the largest label fraction): classes for ``semseg``, instances
@@ -60,11 +60,11 @@ def training_curves(runs: dict, ft: dict, out: Path) -> Path:
         for i, init in enumerate(ft["inits"]):
             for f in ft["label_fractions"]:
                 for k, j in enumerate(runs[(task, init, float(f))]):
-                    ax.plot(np.arange(1, len(j["loss_history"]) + 1), j["loss_history"], color=colours[i % len(colours)],
+                    ax.plot(j["loss_steps"], j["loss_history"], color=colours[i % len(colours)],
                             ls="-" if float(f) == max(map(float, ft["label_fractions"])) else "--", lw=1,
                             label=f"{init}, {float(f):g}" if k == 0 else None)
         ax.set_title(f"{task}: fine-tuning loss")
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("step")
         ax.legend(fontsize=7)
     path = out / "training_curves.png"
     _save(fig, path)

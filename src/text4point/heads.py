@@ -38,6 +38,7 @@ from torch_geometric.utils import scatter
 
 from text4point.labels import IGNORE_LABEL
 from text4point.metrics import nms_3d
+from text4point.models.sampling import fps
 
 # ---------------------------------------------------------------- input checks
 
@@ -485,7 +486,7 @@ class DetectionHead(nn.Module):
         # ceil(ratio · deg) = min(deg, num_proposals) per cloud (the -0.5 keeps float error below the ceil)
         ratio = (deg.clamp(max=self.num_proposals).to(vote_pos.dtype) - 0.5) / deg.clamp(min=1).to(vote_pos.dtype)
         ratio = ratio.clamp(0.0, 1.0)
-        idx = torch_cluster.fps(vote_pos.detach(), batch, ratio, random_start=False)
+        idx = fps(vote_pos.detach(), batch, ratio)
         centre, centre_batch = vote_pos[idx], batch[idx]
         row, col = torch_cluster.radius(vote_pos.detach(), centre.detach(), self.radius, batch, centre_batch,
                                         max_num_neighbors=self.max_neighbors)  # row: proposal, col: vote

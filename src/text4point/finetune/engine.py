@@ -11,8 +11,8 @@ schedule (``finetune.*``), then scores every point of every ``val`` scene with t
 
 The job is seeded by its training seed (network initialisation, data order, augmentation); the scenes of the
 data-efficient regime come from the data seed (``seed`` in params). CPU runs use one intra-op thread (as the
-other stages do). One MLflow run per job, tagged with task, init, seed and label fraction, with per-epoch
-losses, the final metrics and (semseg) the confusion matrix as an artifact. Returns the metrics dict that the
+other stages do). One MLflow run per job, tagged with task, init, seed and label fraction, with the training
+loss curve, the final metrics and (semseg) the confusion matrix as an artifact. Returns the metrics dict that the
 CLI writes as the job's ``metrics.json``; ``predictions`` (per val scene, per point) are written beside it
 when ``predictions_path`` is given, for the figures.
 """
@@ -167,9 +167,8 @@ def _run(cfg, data_root, task, init, seed, fraction, init_path, clip_checkpoint,
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=float(ft["lr"]), weight_decay=float(ft["weight_decay"]))
     bs = int(ft["batch_size"])
-    steps_per_epoch = math.ceil(len(train_clouds) / bs)
-    epochs = int(ft["epochs"])
-    total = max(1, epochs * steps_per_epoch)
+    steps_per_pass = math.ceil(len(train_clouds) / bs)
+    total = int(ft["steps"])
     scheduler = cosine_schedule(optimizer, total)
     data = TrainScenes(train_clouds, int(ft["max_points"]), seed)
 
@@ -185,47 +184,54 @@ def _run(cfg, data_root, task, init, seed, fraction, init_path, clip_checkpoint,
     history = []
     with run_ctx as active:
         gen = np.random.default_rng([seed, 3])
+        history_steps: list[int] = []
         model.train()
-        step = 0
-        for epoch in range(epochs):
-            order = gen.permutation(len(data))
-            sums: dict[str, float] = {}
-            bar = tqdm(range(steps_per_epoch), desc=f"finetune {task}/{init} epoch {epoch + 1}/{epochs}",
-                       disable=not progress, leave=False)
-            for i in bar:
-                items = [data[(epoch, int(j))] for j in order[i * bs:(i + 1) * bs]]
-                batch = collate(items).to(dev)
-                out = model(batch.x, batch.pos, batch.batch)
-                terms = model.losses(out, batch)
-                loss = terms["loss"]
-                if not torch.isfinite(loss):
-                    desc = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
-                    raise InputError(f"finetune {task}/{init} seed {seed}: non-finite loss at step {step + 1} "
-                                     f"(epoch {epoch + 1}): {desc}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if float(ft["grad_clip"]) > 0:
-                    nn.utils.clip_grad_norm_(params, float(ft["grad_clip"]))
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-            row = {k: v / steps_per_epoch for k, v in sums.items()}
-            history.append(row)
-            if track:
-                import mlflow
+        log_every = max(1, total // 20)
+        sums: dict[str, float] = {}
+        bar = tqdm(range(total), desc=f"finetune {task}/{init} seed {seed} frac {fraction}", disable=not progress,
+                   leave=False)
+        for step in bar:
+            # Passes over the (fraction of the) train scenes in a fresh order each; the step budget is the same
+            # for every label fraction (CSC's data-efficient protocol keeps the schedule, not the epochs).
+            epoch, i = divmod(step, steps_per_pass)
+            if i == 0:
+                order = gen.permutation(len(data))
+            items = [data[(epoch, int(j))] for j in order[i * bs:(i + 1) * bs]]
+            batch = collate(items).to(dev)
+            out = model(batch.x, batch.pos, batch.batch)
+            terms = model.losses(out, batch)
+            loss = terms["loss"]
+            if not torch.isfinite(loss):
+                desc = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                raise InputError(f"finetune {task}/{init} seed {seed}: non-finite loss at step {step + 1}: {desc}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if float(ft["grad_clip"]) > 0:
+                nn.utils.clip_grad_norm_(params, float(ft["grad_clip"]))
+            optimizer.step()
+            scheduler.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            if (step + 1) % log_every == 0 or step + 1 == total:
+                n = (step % log_every) + 1
+                row = {k: v / n for k, v in sums.items()}
+                sums = {}
+                history.append(row)
+                history_steps.append(step + 1)
+                if track:
+                    import mlflow
 
-                mlflow.log_metrics({f"epoch_{k}": v for k, v in row.items()}, step=epoch + 1)
+                    mlflow.log_metrics({f"train_{k}": v for k, v in row.items()}, step=step + 1)
         t_train = time.perf_counter() - t0
         metrics, predictions = evaluate(model, task, val_clouds, label_set, ft, dev)
         result = {"task": task, "init": init, "seed": seed, "label_fraction": fraction,
                   "dataset": label_set.name, "split": "val", "val_scenes": len(val_ids),
-                  "train_scenes": len(train_ids), "train_scene_ids": train_ids, "epochs": epochs, "steps": step,
+                  "train_scenes": len(train_ids), "train_scene_ids": train_ids, "steps": total,
+                  "passes": round(total / steps_per_pass, 2),
                   "primary_metric": PRIMARY[task], "primary": metrics[PRIMARY[task]],
                   **{k: v for k, v in metrics.items() if k not in ("confusion",)},
                   "final_loss": history[-1]["loss"] if history else None,
-                  "loss_history": [round(r["loss"], 5) for r in history], "params_hash": phash,
+                  "loss_history": [round(r["loss"], 5) for r in history], "loss_steps": history_steps, "params_hash": phash,
                   "mlflow_run_id": active.info.run_id if track else None,
                   "seconds_train": round(t_train, 2), "seconds": round(time.perf_counter() - t0, 2)}
         if track:

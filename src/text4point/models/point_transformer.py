@@ -24,6 +24,7 @@ from torch_geometric.nn import MLP, PointTransformerConv, knn_interpolate
 from torch_geometric.utils import scatter
 
 from text4point.errors import InputError
+from text4point.models.sampling import fps
 from text4point.models import Backbone, Encoded
 
 
@@ -54,7 +55,7 @@ class TransitionDown(nn.Module):
         self.mlp = MLP([3 + in_channels, out_channels], plain_last=False)
 
     def forward(self, x: Tensor, pos: Tensor, batch: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        idx = torch_cluster.fps(pos, batch, ratio=self.ratio, random_start=False)
+        idx = fps(pos, batch, self.ratio)
         sub_pos, sub_batch = pos[idx], batch[idx]
         centre, member = torch_cluster.knn(pos, sub_pos, self.k, batch, sub_batch)
         feats = self.mlp(torch.cat([pos[member] - sub_pos[centre], x[member]], dim=1))

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import MLP, PointNetConv, knn_interpolate
 
 from text4point.errors import InputError
+from text4point.models.sampling import fps
 from text4point.models import Backbone, Encoded
 
 
@@ -40,7 +41,7 @@ class SetAbstraction(nn.Module):
         self.conv = PointNetConv(local_nn=mlp, add_self_loops=False)
 
     def forward(self, x: Tensor, pos: Tensor, batch: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        idx = torch_cluster.fps(pos, batch, ratio=self.ratio, random_start=False)
+        idx = fps(pos, batch, self.ratio)
         row, col = torch_cluster.radius(pos, pos[idx], self.radius, batch, batch[idx],
                                         max_num_neighbors=self.max_neighbors)
         edge_index = torch.stack([col, row], dim=0)  # source: grouped point, target: centroid
