@@ -316,22 +316,26 @@ def test_detection_predict_with_perfect_votes():
     votes = centres[box]  # every seed votes exactly for its object's centre
     out = head.propose(votes, F.normalize(feat, dim=1), batch)
     preds = head.predict(out, iou_threshold=0.25)
-    assert [len(p["boxes"]) for p in preds] == [2, 1]  # 8 proposals per cloud, duplicates suppressed
+    # 8 proposals per cloud, duplicates suppressed; each survivor reported once per class (5)
+    assert [len(p["boxes"]) for p in preds] == [2 * 5, 1 * 5]
     obj = 1 / (1 + math.exp(-8.0))
     cls = math.exp(6.0) / (math.exp(6.0) + 4)
     for p, g in zip(preds, gts):
         gt = np.concatenate([g["centers"].numpy(), g["sizes"].numpy()], 1)
-        iou = box_iou_3d(p["boxes"], gt)
+        top = p["classes"] == 2
+        assert top[:len(gt)].all() and top.sum() == len(gt)  # the confident class ranks first
+        iou = box_iou_3d(p["boxes"][top], gt)
         assert (iou.max(0) > 0.99).all() and (iou.max(1) > 0.99).all()
-        assert p["classes"].tolist() == [2] * len(gt)
-        np.testing.assert_allclose(p["scores"], obj * cls, rtol=1e-5)
+        np.testing.assert_allclose(p["scores"][top], obj * cls, rtol=1e-5)
+        np.testing.assert_allclose(p["scores"][~top], obj * (1 - cls) / 4, rtol=1e-5)
     # the loss of these perfect votes and boxes: vote, centre and size 0
     out.seed_pos = pos
     losses = head.loss(out, gts, inst)
     assert losses["vote"].item() == 0.0 and losses["center"].item() < 1e-6 and losses["size"].item() < 1e-6
     assert int(losses["positives"]) == 16
-    # the score threshold drops everything below it
-    assert all(len(p["boxes"]) == 0 for p in head.predict(out, score_threshold=0.999))
+    # the objectness threshold drops every proposal below it (P(object) = 0.99966 here)
+    assert all(len(p["boxes"]) == 0 for p in head.predict(out, score_threshold=0.9997))
+    assert all(len(p["boxes"]) > 0 for p in head.predict(out, score_threshold=0.9996))
 
 
 def hand_output(boxes, obj, cls_logits, batch=None):
@@ -350,17 +354,24 @@ def test_nms_removes_lower_scoring_duplicate():
     head = DetectionHead(16, 3, hidden_dim=8)
     out = hand_output(boxes, [5.0, 2.0, 3.0], [[5, 0, 0], [5, 0, 0], [5, 0, 0]])
     p = head.predict(out, iou_threshold=0.25)[0]
-    np.testing.assert_allclose(p["boxes"], np.asarray(boxes, dtype=float)[[0, 2]], atol=1e-6)
-    assert p["scores"][0] > p["scores"][1]
+    first = p["classes"] == 0  # every proposal's class 0 copy, in objectness order
+    np.testing.assert_allclose(p["boxes"][first], np.asarray(boxes, dtype=float)[[0, 2]], atol=1e-6)
+    assert len(p["boxes"]) == 2 * 3 and bool(np.all(np.diff(p["scores"]) <= 0))
+    # the score of each copy is P(object) · P(class)
+    o = 1 / (1 + np.exp(-np.array([5.0, 3.0])))
+    q = np.exp([5.0, 0, 0]) / np.exp([5.0, 0, 0]).sum()
+    np.testing.assert_allclose(np.sort(p["scores"]), np.sort((o[:, None] * q[None]).reshape(-1)), rtol=1e-6)
     # a higher threshold than their IoU (0.9 / 1.1 = 0.82) keeps the duplicate
-    assert len(head.predict(out, iou_threshold=0.9)[0]["boxes"]) == 3
-    # class-aware NMS (default) keeps a duplicate of another class; class-agnostic removes it
+    assert len(head.predict(out, iou_threshold=0.9)[0]["boxes"]) == 3 * 3
+    # class-aware NMS (default) keeps a duplicate of another arg-max class; class-agnostic removes it
     other = hand_output(boxes, [5.0, 2.0, 3.0], [[5, 0, 0], [0, 5, 0], [5, 0, 0]])
-    assert len(head.predict(other)[0]["boxes"]) == 3
-    assert len(head.predict(other, class_aware=False)[0]["boxes"]) == 2
+    assert len(head.predict(other)[0]["boxes"]) == 3 * 3
+    assert len(head.predict(other, class_aware=False)[0]["boxes"]) == 2 * 3
+    # the objectness threshold acts after NMS: the suppressed duplicate does not come back
+    assert len(head.predict(out, score_threshold=0.96)[0]["boxes"]) == 1 * 3
     # per cloud: the same box in two clouds is kept in both
     two = hand_output(boxes[:2], [5.0, 2.0], [[5, 0, 0], [5, 0, 0]], batch=[0, 1])
-    assert [len(p["boxes"]) for p in head.predict(two)] == [1, 1]
+    assert [len(p["boxes"]) for p in head.predict(two)] == [3, 3]
     assert nms_3d(np.asarray(boxes, float), np.array([0.9, 0.5, 0.7]), 0.25).tolist() == [0, 2]
 
 

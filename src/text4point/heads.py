@@ -662,17 +662,18 @@ class DetectionHead(nn.Module):
     @torch.no_grad()
     def predict(self, out: DetectionOutput, iou_threshold: float = 0.25, score_threshold: float = 0.05,
                 class_aware: bool = True, num_clouds: int | None = None) -> list[dict]:
-        """Boxes of each cloud after 3D NMS.
+        """Boxes of each cloud after 3D NMS, as VoteNet's ScanNet evaluation decodes them.
 
-        Each proposal's class is its arg-max class and its score ``P(object) · P(class)``; proposals
-        scoring below ``score_threshold`` are dropped, then greedy NMS of the axis-aligned boxes
-        (:func:`text4point.metrics.nms_3d`: a box with ``IoU > iou_threshold`` with a kept,
-        higher-scoring one is removed; with ``class_aware``, as VoteNet's evaluation, only by one of its
-        class).
+        Proposals are suppressed by greedy NMS of the axis-aligned boxes ranked by ``P(object)``
+        (:func:`text4point.metrics.nms_3d`: a box with ``IoU > iou_threshold`` with a kept, higher-ranked one
+        is removed; with ``class_aware``, only by one of its arg-max class), those with ``P(object)`` below
+        ``score_threshold`` are dropped, and every survivor is reported once per class ``c`` with the score
+        ``P(object) · P(c)`` (VoteNet's ``per_class_proposal``: the per-class AP then ranks each box by its
+        probability of that class, not only under its arg-max class).
 
-        Returns one dictionary per cloud: ``{"boxes": (P, 6) (cx, cy, cz, dx, dy, dz), "classes": (P,)
-        int64, "scores": (P,) float64}``, highest score first: the ``pred_boxes[s]`` of
-        :func:`text4point.metrics.detection_ap`.
+        Returns one dictionary per cloud: ``{"boxes": (B, 6) (cx, cy, cz, dx, dy, dz), "classes": (B,)
+        int64, "scores": (B,) float64}`` with ``B = kept proposals × K``, highest score first: the
+        ``pred_boxes[s]`` of :func:`text4point.metrics.detection_ap`.
         """
         p = out.proposal_batch.numel()
         _check_features(out.objectness_logits, "out.objectness_logits", 2, p)
@@ -683,18 +684,24 @@ class DetectionHead(nn.Module):
             raise ValueError(f"iou_threshold: expected a value in [0, 1], got {iou_threshold!r}")
         batch = out.proposal_batch.long()
         b = _num_clouds(batch, num_clouds, "out.proposal_batch")
-        obj = torch.softmax(out.objectness_logits.float(), 1)[:, 1]
-        cls_prob, cls = torch.softmax(out.class_logits.float(), 1).max(1)
-        score = (obj * cls_prob).double().cpu().numpy()
+        obj = torch.softmax(out.objectness_logits.float(), 1)[:, 1].double().cpu().numpy()
+        prob = torch.softmax(out.class_logits.float(), 1).double().cpu().numpy()
+        cls = prob.argmax(1).astype(np.int64)
         boxes = torch.cat([out.center, out.log_size.exp()], 1).double().cpu().numpy()
-        cls, batch = cls.cpu().numpy().astype(np.int64), batch.cpu().numpy()
+        batch = batch.cpu().numpy()
+        k = prob.shape[1]
         results = []
         for c in range(b):
-            idx = np.flatnonzero((batch == c) & (score >= score_threshold) & np.isfinite(boxes).all(1))
-            keep = nms_3d(boxes[idx], score[idx], float(iou_threshold), class_aware=class_aware,
+            idx = np.flatnonzero((batch == c) & np.isfinite(boxes).all(1))
+            keep = nms_3d(boxes[idx], obj[idx], float(iou_threshold), class_aware=class_aware,
                           classes=cls[idx] if class_aware else None)
             idx = idx[keep]
-            results.append({"boxes": boxes[idx], "classes": cls[idx], "scores": score[idx]})
+            idx = idx[obj[idx] >= score_threshold]
+            score = (obj[idx, None] * prob[idx]).reshape(-1)
+            order = np.argsort(-score, kind="stable")
+            results.append({"boxes": np.repeat(boxes[idx], k, 0)[order],
+                            "classes": np.tile(np.arange(k, dtype=np.int64), len(idx))[order],
+                            "scores": score[order]})
         return results
 
 
