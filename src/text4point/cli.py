@@ -15,12 +15,13 @@ from pathlib import Path
 
 from . import params as P
 from .errors import InputError
-from .fsutil import atomic_dir, atomic_path, clean_stale_temporaries, write_json
+from .fsutil import atomic_dir, atomic_path, check_writable, clean_stale_temporaries, write_json
 
 # torch_geometric scripts a few functions at import; torch 2.14 warns about torch.jit.script on every CLI call,
 # which would turn one-line errors into three lines.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
+OUTPUT_ARGS = ("out", "metrics", "scene_stats", "predictions", "out_dir")  # the options naming what a command writes
 
 
 def _load_params(args) -> dict:
@@ -174,9 +175,13 @@ def cmd_figures(args) -> None:
     from .figures import make_figures
 
     cfg = _load_params(args)
-    out = Path(args.out_dir)
-    written = make_figures(cfg, Path(args.data), Path(args.finetune_dir), out, scenes=args.scenes)
-    write_json(out / "figures.json", {"figures": [p.name for p in written]})  # written last: the rule's output
+
+    def work(tmp: Path) -> dict:
+        written = make_figures(cfg, Path(args.data), Path(args.finetune_dir), tmp, scenes=args.scenes)
+        write_json(tmp / "figures.json", {"figures": [p.name for p in written]})  # written last
+        return {}
+
+    _into_dir(args.out_dir, work)  # the rule's output is the directory: it appears only when complete
 
 
 def cmd_show(args) -> None:
@@ -282,6 +287,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        for name in OUTPUT_ARGS:  # an output that cannot be written stops the command before any work
+            if getattr(args, name, None):
+                check_writable(getattr(args, name))
         args.func(args)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -11,10 +11,12 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError, bad
 from .labels import IGNORE_LABEL
 from .scene import Dataset
 from .show import _class_colors, _save
@@ -80,6 +82,34 @@ def _instance_colours(ids: np.ndarray) -> np.ndarray:
     return out
 
 
+PREDICTION_KEYS = {"semseg": ("semantic",), "insseg": ("instance",), "det": ("boxes", "box_classes", "box_scores")}
+
+
+def load_predictions(path: Path, task: str, scene_id: str, num_points: int, num_classes: int) -> dict:
+    """One val scene's arrays of a finetune job's ``predictions.npz``, checked against the scene and the label set."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            got = {k: npz[f"{scene_id}/{k}"] for k in PREDICTION_KEYS[task] if f"{scene_id}/{k}" in npz.files}
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found (run the finetune job that writes it)") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise bad(path, "predictions", "a readable .npz file", f"{type(e).__name__}: {e}") from None
+    for k in PREDICTION_KEYS[task]:
+        if k not in got:
+            raise InputError(f"{path}: {scene_id}/{k}: expected the {task} predictions of val scene {scene_id}, "
+                             f"found none")
+    for k in ("semantic", "instance"):
+        if k in got and got[k].shape != (num_points,):
+            raise bad(path, f"{scene_id}/{k}", f"one value per scene point ({num_points})", list(got[k].shape))
+    for k, extra in (("semantic", (IGNORE_LABEL,)), ("box_classes", ())):
+        ids = got[k].astype(np.int64) if k in got else np.zeros(0, np.int64)
+        wrong = ids[((ids < 0) | (ids >= num_classes)) & ~np.isin(ids, extra)]
+        if len(wrong):
+            allowed = f"class ids in [0, {num_classes})" + "".join(f" or {e}" for e in extra)
+            raise bad(path, f"{scene_id}/{k}", allowed, int(wrong[0]))
+    return got
+
+
 def scene_figure(data_root: Path, ft_root: Path, ft: dict, task: str, scene_id: str, out: Path) -> Path:
     plt = _plt()
     ds = Dataset(data_root)
@@ -89,16 +119,17 @@ def scene_figure(data_root: Path, ft_root: Path, ft: dict, task: str, scene_id: 
     xyz, sem, inst = pts["xyz"], pts["semantic"].astype(np.int64), pts["instance"].astype(np.int64)
     order = np.argsort(xyz[:, 2])
     seed, full = ft["seeds"][0], max(float(f) for f in ft["label_fractions"])
-    panels = [("ground truth", None)] + [(init, np.load(run_path(ft_root, task, init, seed, full).with_name(
-        "predictions.npz"))) for init in ft["inits"]]
+    panels = [("ground truth", None)] + [
+        (init, load_predictions(run_path(ft_root, task, init, seed, full).with_name("predictions.npz"), task,
+                                scene_id, len(xyz), len(names))) for init in ft["inits"]]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
     for ax, (title, pred) in zip(axes[0], panels):
         if task == "semseg":
-            lab = sem if pred is None else pred[f"{scene_id}/semantic"].astype(np.int64)
+            lab = sem if pred is None else pred["semantic"].astype(np.int64)
             c = np.where((lab == IGNORE_LABEL)[:, None], 0.85, colours[np.minimum(lab, len(names) - 1)])
         elif task == "insseg":
             ids = np.where(np.isin(sem, ds.label_set.thing_ids), inst, 0) if pred is None else \
-                pred[f"{scene_id}/instance"].astype(np.int64)
+                pred["instance"].astype(np.int64)
             c = _instance_colours(ids)
         else:
             c = pts["rgb"] / 255.0
@@ -107,8 +138,7 @@ def scene_figure(data_root: Path, ft_root: Path, ft: dict, task: str, scene_id: 
             if pred is None:
                 boxes = [(b["center"], b["size"], b["semantic"]) for b in ds.scene(scene_id).boxes()]
             else:
-                bx, bc, bs = (pred[f"{scene_id}/boxes"], pred[f"{scene_id}/box_classes"],
-                              pred[f"{scene_id}/box_scores"])
+                bx, bc, bs = pred["boxes"], pred["box_classes"], pred["box_scores"]
                 boxes = [(b[:3], b[3:], c) for b, c, s in zip(bx, bc, bs) if s >= 0.3]
             for (cx, cy, _), (sx, sy, _), cls in boxes:
                 ax.add_patch(plt.Rectangle((cx - sx / 2, cy - sy / 2), sx, sy, fill=False, lw=1,
@@ -138,4 +168,4 @@ def make_figures(cfg: dict, data_root: Path, ft_root: Path, out: Path, scenes: i
     return written
 
 
-__all__ = ["make_figures", "per_class_iou", "scene_figure", "training_curves"]
+__all__ = ["load_predictions", "make_figures", "per_class_iou", "scene_figure", "training_curves"]

@@ -1,12 +1,14 @@
 """Atomic outputs: everything is written under a temporary name and renamed when complete.
 
 A killed job therefore never leaves a file or a directory under its final name that a later
-stage (or Snakemake/DVC) could take as complete.
+stage (or Snakemake/DVC) could take as complete; the temporaries it leaves (``.<name>.*.tmp``) are
+removed by the next writer of the same output.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -15,20 +17,49 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from .errors import InputError
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """One-line ``InputError`` unless ``path`` can be written: its nearest existing ancestor must be a
+    writable directory (missing directories below it are created by the writers)."""
+    parent = Path(os.path.abspath(path)).parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    why = ("not a directory" if not parent.is_dir() else
+           "not writable" if not os.access(parent, os.W_OK | os.X_OK) else None)
+    if why:
+        raise InputError(f"{path}: output path: expected a location in a writable directory, got {parent} ({why})")
+
 
 def _tmp_sibling(path: Path, is_dir: bool) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if is_dir:
-        return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if is_dir:
+            return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError:
+        check_writable(path)  # a location that cannot be written is bad input: one line
+        raise
     os.close(fd)
     return Path(name)
+
+
+def _remove_stale(final: Path) -> None:
+    """Remove temporaries of ``final`` that a killed writer left (one writer per output in this pipeline)."""
+    if final.parent.is_dir():
+        for p in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path beside ``path``; rename it onto ``path`` only on success."""
     final = Path(path)
+    _remove_stale(final)
     tmp = _tmp_sibling(final, is_dir=False)
     try:
         yield tmp
@@ -42,6 +73,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; it replaces ``path`` only on success."""
     final = Path(path)
+    _remove_stale(final)
     tmp = _tmp_sibling(final, is_dir=True)
     try:
         yield tmp

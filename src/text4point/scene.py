@@ -329,11 +329,15 @@ class Dataset:
             raise bad(meta_path, "label_set.name", f"one of {sorted(LABEL_SETS)}", name)
         self.label_set = LABEL_SETS[name]
 
-    def split(self, name: str) -> list[str]:
+    def split(self, name: str, nonempty: bool = False) -> list[str]:
+        """The scene ids of split ``name``; ``nonempty``: a split without scenes is a one-line ``InputError``
+        (for a stage that needs the split; real data has an empty ``clip`` split)."""
         p = self.root / "splits" / f"{name}.txt"
         if not p.exists():
             raise InputError(f"{p}: file not found (split '{name}' does not exist in this dataset)")
         ids = [s.strip() for s in p.read_text().splitlines() if s.strip()]
+        if nonempty and not ids:
+            raise InputError(f"{p}: scene ids: expected at least one (split '{name}' is empty)")
         return ids
 
     def scene(self, scene_id: str) -> Scene:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import faults
 from .errors import InputError
 from .fsutil import atomic_path, write_text
 
@@ -84,6 +85,7 @@ def _write(out_dir: Path, name: str, md: str, header: list[str], rows: list[list
     import pandas as pd
 
     write_text(out_dir / f"{name}.md", md)
+    faults.point("tables.write", table=name)
     with atomic_path(out_dir / f"{name}.csv") as tmp:
         pd.DataFrame(rows, columns=header).to_csv(tmp, index=False)
 

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .. import faults
 from ..errors import InputError
 from ..fsutil import atomic_path, clean_stale_temporaries, write_json
 from ..labels import LABEL_SETS
@@ -358,6 +359,7 @@ def cache_features(handle: ClipHandle, data_root: Path, scene_ids: list[str], fr
                     while j < len(meta) and meta[j][0] == si:
                         j += 1
                     writer(si).write(feats[k:j], [f for _, f in meta[k:j]])
+                    faults.point("clip_features.write", scene=scene_ids[si])
                     remaining[si] -= j - k
                     done.append(si)
                     k = j

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .. import params as P
-from .. import tracking
+from .. import faults, tracking
 from ..correspondences import cpu_threads
 from ..errors import InputError
 from ..fsutil import atomic_path
@@ -152,10 +152,8 @@ def _run(cfg, data_root, task, init, seed, fraction, init_path, clip_checkpoint,
     ds = Dataset(data_root)
     label_set = ds.label_set
     voxel = float(cfg["correspondences"]["voxel_size"])
-    train_ids = label_fraction_scenes(ds.split("train"), fraction, int(cfg["seed"]))
-    val_ids = ds.split("val")
-    if not val_ids:
-        raise InputError(f"{data_root}: the val split has no scenes to evaluate on")
+    train_ids = label_fraction_scenes(ds.split("train", nonempty=True), fraction, int(cfg["seed"]))
+    val_ids = ds.split("val", nonempty=True)
     train_clouds = [load_scene(ds, s, voxel) for s in train_ids]
     val_clouds = [load_scene(ds, s, voxel) for s in val_ids]
 
@@ -210,6 +208,7 @@ def _run(cfg, data_root, task, init, seed, fraction, init_path, clip_checkpoint,
                 nn.utils.clip_grad_norm_(params, float(ft["grad_clip"]))
             optimizer.step()
             scheduler.step()
+            faults.point("finetune.step", step=step + 1, task=task, init=init)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             if (step + 1) % log_every == 0 or step + 1 == total:

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ..errors import InputError
 from ..heads import DetectionHead, InstanceHead, SemanticHead, seed_values
 from ..models import build_backbone
+from ..pretrain.engine import load_weights
 from ..tqm import Aggregation, FCExpand, TextQueryingModule
 
 TASKS = ("semseg", "insseg", "det")
@@ -143,14 +144,14 @@ def build(cfg: dict, task: str, init: str, num_classes: int, init_checkpoint: di
     if init_checkpoint is not None:
         state = init_checkpoint["model"]
         take = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-        model.backbone.load_state_dict(take)
+        load_weights(model.backbone, take, init_path)
         if init == "text4point":
             lang = {k: v for k, v in state.items() if k.startswith(LANGUAGE_PREFIXES)}
             missing = [p for p in LANGUAGE_PREFIXES if not any(k.startswith(p) for k in lang)]
             if missing:
                 raise InputError(f"checkpoint {init_path}: has no {missing[0].rstrip('.')} weights (is it a "
                                  f"text4point pre-training checkpoint?)")
-            model.load_state_dict(lang, strict=False)
+            load_weights(model, lang, init_path, strict=False)
     return model
 
 

@@ -169,6 +169,8 @@ def import_room(room_dir: Path, area: int, out_dir: Path) -> tuple[int, dict[Pat
         if n_bad:
             skipped[p] = n_bad
     counts = np.array([len(a) for a in arrays])
+    if not counts.sum():
+        raise bad(ann, "points", "at least one point in its annotation files (empty scene)", 0)
     data = np.concatenate(arrays, axis=0)
     xyz = data[:, :3].astype(np.float32)
     rgb = np.clip(np.rint(data[:, 3:6]), 0, 255).astype(np.uint8)

@@ -175,6 +175,8 @@ def read_scannet_mesh(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     missing = [k for k in ("x", "y", "z", "red", "green", "blue") if k not in v.dtype.names]
     if missing:
         raise bad(path, "vertex properties", "x y z red green blue", f"missing {missing}")
+    if len(v) == 0:
+        raise bad(path, "vertex", "at least one vertex (empty scene)", 0)
     xyz = np.stack([v["x"], v["y"], v["z"]], 1).astype(np.float32)
     rgb = np.stack([v["red"], v["green"], v["blue"]], 1).astype(np.uint8)
     if "face" in ply and len(ply["face"].data):

@@ -56,7 +56,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import params as P
-from .. import tracking
+from .. import faults, tracking
 from ..clip.features import load_features
 from ..correspondences import cpu_threads
 from ..errors import InputError
@@ -179,6 +179,16 @@ def load_checkpoint(path: Path) -> dict:
     except Exception as e:  # noqa: BLE001 - truncated/corrupt/unpicklable files
         raise InputError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
                          ) from None
+
+
+def load_weights(module: nn.Module, state: dict, path: Path | str, strict: bool = True) -> None:
+    """``module.load_state_dict(state)``; tensors that do not fit are one line naming the first bad key."""
+    try:
+        module.load_state_dict(state, strict=strict)
+    except RuntimeError as e:  # torch lists every mismatch, one per line, under a header line
+        lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(e).__name__)
+        raise InputError(f"checkpoint {path}: does not fit this model ({detail[:240]})") from None
 
 
 def check_compatible(path: Path, ck: dict, variant: str, backbone: dict, identity: dict | None,
@@ -378,7 +388,7 @@ def _run(cfg, pc, seed, dist, data_root, corr_dir, features_dir, variant, out_ch
         text = torch.as_tensor(entry["prompt_embeddings"]).float()
         clip_dim = int(text.shape[1])
 
-    dataset = build_dataset(variant, corr_dir, data_root, features, ds.split("train"), pc, seed,
+    dataset = build_dataset(variant, corr_dir, data_root, features, ds.split("train", nonempty=True), pc, seed,
                             cross_frame=cross_frame)
     workers = int(pc["workers"])
     loader, sampler, generator = make_loader(dataset, int(pc["batch_size"]), workers, seed, dev, dist.rank,
@@ -408,8 +418,8 @@ def _run(cfg, pc, seed, dist, data_root, corr_dir, features_dir, variant, out_ch
     if last is not None:
         ck = load_checkpoint(last)
         check_compatible(last, ck, variant, backbone, identity, train_params)
+        load_weights(model, ck["model"], last)
         try:
-            model.load_state_dict(ck["model"])
             optimizer.load_state_dict(ck["optimizer"])
             scheduler.load_state_dict(ck["scheduler"])
             scaler.load_state_dict(ck["scaler"])
@@ -466,6 +476,7 @@ def _run(cfg, pc, seed, dist, data_root, corr_dir, features_dir, variant, out_ch
                 scaler.update()
                 scheduler.step()
                 global_step += 1
+                faults.point("pretrain.step", epoch=epoch + 1, step=i + 1, variant=variant)
                 vals = torch.stack([losses["loss"].detach().float()] + [losses[n].float() for n in names])
                 sums += vals
                 buf.append((vals, lr, global_step))
@@ -581,5 +592,5 @@ def _zeroshot(cfg, variant, model, clip_dim, text, data_root, corr_dir, ds, dev,
 
 
 __all__ = ["FORMAT", "TrainingDiverged", "build_model", "check_compatible", "clip_identity", "latest_checkpoint",
-           "load_checkpoint",
+           "load_checkpoint", "load_weights",
            "run_stage", "weights_sha256"]

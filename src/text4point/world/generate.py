@@ -10,6 +10,7 @@ import numpy as np
 import trimesh
 from tqdm import tqdm
 
+from .. import faults
 from ..fsutil import atomic_dir, write_json
 from ..labels import IGNORE_LABEL, SCANNET20
 from ..scene import SPLITS, write_boxes, write_dataset_meta, write_image, write_matrix, write_mesh, write_points
@@ -72,6 +73,7 @@ def generate_scene(out_dir: Path, split: str, index: int, cfg: dict, seed: int) 
             write_image(d / "label" / f"{i}.png", sem)
             write_image(d / "instance" / f"{i}.png", ins)
             write_matrix(d / "pose" / f"{i}.txt", np.full((4, 4), -np.inf) if i in invalid else pose)
+            faults.point("data.frame", frame=i)
         present = sorted({SCANNET20.classes[s] for s in np.unique(mesh["semantic"]) if s != IGNORE_LABEL})
         stats = {"scene_id": sid, "split": split, "room_type": room.kind, "room_size": [round(x, 3) for x in room.size],
                  "points": n_points, "faces": int(len(mesh["faces"])), "objects": len(room.boxes),
