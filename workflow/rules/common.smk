@@ -77,3 +77,12 @@ def pretrain_checkpoint(wildcards):
     if wildcards.init == "scratch":
         return []
     return f"models/pretrain/{wildcards.init}/checkpoint.pt"
+
+
+def launcher(wildcards, resources):
+    """How a training job starts: `torchrun --standalone --nproc_per_node N --no-python` (N data-parallel
+    processes on the job's node) when the profile gives the job N > 1 GPUs (resource `gpu`, which the Slurm
+    executor requests with --gpus), else nothing: one process. Snakemake leaves params computed from resources
+    out of the params rerun trigger, so giving a finished job more or fewer GPUs does not rerun it."""
+    gpus = int(resources.get("gpu", 0) or 0)
+    return f"torchrun --standalone --nproc_per_node {gpus} --no-python" if gpus > 1 else ""

@@ -1,4 +1,6 @@
 # Fine-tuning jobs and the tables (issue #5): one job per task x init x seed x label fraction.
+# A fine-tuning job is one process (the fine-tuning engine has no data-parallel mode): on a cluster it gets
+# one GPU (workflow/profiles/slurm), and only pre-training launches through torchrun.
 
 
 rule finetune:

@@ -1,5 +1,6 @@
 # Pre-training variants (issue #4): one job per variant. Epoch checkpoints go to
-# models/pretrain/{variant}/epochs/ and a rerun resumes from the newest compatible one.
+# models/pretrain/{variant}/epochs/ and a rerun resumes from the newest compatible one. A job given several
+# GPUs (resource `gpu`, set in the profile) trains data-parallel under torchrun (see launcher in common.smk).
 
 
 rule pretrain:
@@ -19,6 +20,7 @@ rule pretrain:
         root=dirname_of("input", "data"),
         corr=dirname_of("input", "corr"),
         features=dirname_of("input", "features"),
+        launch=launcher,
     conda:
         "../envs/text4point.yaml"
     log:
@@ -26,6 +28,6 @@ rule pretrain:
     benchmark:
         "results/benchmarks/stages/pretrain_{variant}.tsv"
     shell:
-        "text4point pretrain --params-json {params.cfg:q} --variant {wildcards.variant} --data {params.root} "
-        "--corr {params.corr} --features {params.features} {params.checkpoint} "
+        "{params.launch} text4point pretrain --params-json {params.cfg:q} --variant {wildcards.variant} "
+        "--data {params.root} --corr {params.corr} --features {params.features} {params.checkpoint} "
         "--out {output.checkpoint} --metrics {output.metrics} --quiet > {log} 2>&1"
