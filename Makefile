@@ -25,3 +25,4 @@ bench: setup
 	. .venv/bin/activate && python benchmarks/bench_clip_features.py
 	. .venv/bin/activate && python benchmarks/bench_pretrain.py --data data/world --corr data/correspondences \
 	  --feat data/clip_features/t4p-tiny --clip-checkpoint models/clip/bootstrap.pt
+	. .venv/bin/activate && python benchmarks/bench_pipeline.py
