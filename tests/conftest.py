@@ -56,7 +56,8 @@ def project_copy(dst: Path, params_file: Path = TINY) -> Path:
                            capture_output=True, text=True, check=True).stdout.split()
     for f in files:
         src = ROOT / f
-        if src.is_file() and not f.startswith(("data/", "results/metrics/", "results/benchmarks/stages/")):
+        if src.is_file() and not f.startswith(("data/", "results/metrics/", "results/benchmarks/stages/",
+                                               "results/finetune/", "results/tables/", "results/preview/")):
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / f)
     shutil.copy(params_file, dst / "params.yaml")
@@ -65,6 +66,50 @@ def project_copy(dst: Path, params_file: Path = TINY) -> Path:
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
         subprocess.run(cmd, cwd=dst, check=True, env=env, capture_output=True)
     return dst
+
+
+def tiny_results(proj: Path) -> dict:
+    """What runs of the tiny DAG are compared by: every table (MLflow run ids, which name each run, dropped) and
+    the semseg/text4point fine-tuning predictions."""
+    import numpy as np
+    import pandas as pd
+
+    out = {p.name: pd.read_csv(p).drop(columns=["mlflow runs"], errors="ignore")
+           for p in sorted((proj / "results/tables").glob("*.csv"))}
+    with np.load(proj / "results/finetune/semseg/text4point/seed0-frac1.0/predictions.npz") as npz:
+        out["predictions"] = {key: npz[key] for key in npz.files}
+    return out
+
+
+def assert_same_results(got: dict, want: dict) -> None:
+    import numpy as np
+    import pandas as pd
+
+    assert got.keys() == want.keys() and len(want) == 8  # 7 tables and the predictions
+    for name in want:
+        if name == "predictions":
+            assert got[name].keys() == want[name].keys()
+            for key in want[name]:
+                np.testing.assert_array_equal(got[name][key], want[name][key], err_msg=key)
+        else:
+            pd.testing.assert_frame_equal(got[name], want[name], obj=name)
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(tmp_path_factory) -> dict:
+    """The tiny DAG (``snakemake all``) run once from a clean project copy; the runs that must reproduce it
+    (a second clean run, a run killed and resumed, a run through Slurm) compare with its results. Read-only:
+    a test that changes the project works on a copy."""
+    import sys
+
+    root = tmp_path_factory.mktemp("tiny_reference")
+    proj = project_copy(root / "proj")
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}", DVC_NO_ANALYTICS="1")
+    cmd = [sys.executable, "-m", "snakemake", "--profile", "workflow/profiles/default", "--cores", "2", "all"]
+    r = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise AssertionError(f"the tiny reference run failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return {"proj": proj, "env": env, "results": tiny_results(proj)}
 
 
 def load_yaml(p: Path) -> dict:

@@ -231,35 +231,40 @@ def _(c: Ctx) -> Bad:
                + E("); start it or set MLFLOW_TRACKING_URI"), outputs)
 
 
-@fails("output path not writable (--out under a regular file)", "correspondences (CLI)")
-def _(c: Ctx) -> Bad:
+def _blocker(c: Ctx) -> Path:
+    """A regular file where an output's directory should be."""
     blocker = c.tmp / "a_file"
     blocker.write_text("not a directory\n")
+    return blocker
+
+
+def _not_writable(path: Path, blocker: Path) -> str:
+    return E(f"{path}: output path: expected a location in a writable directory, got {blocker} (not a directory)")
+
+
+@fails("output path not writable (--out under a regular file)", "correspondences (CLI)")
+def _(c: Ctx) -> Bad:
+    blocker = _blocker(c)
     out = blocker / "corr"
     call, (_, metrics) = c.correspondences(c.params(), out=out)
-    return Bad(call, E(f"{out}: output path: expected a location in a writable directory, got {blocker} "
-                       f"(not a directory)"), (out, metrics))
+    return Bad(call, _not_writable(out, blocker), (out, metrics))
 
 
 @fails("metrics path not writable: the stage stops before writing its main output", "correspondences (CLI)")
 def _(c: Ctx) -> Bad:
-    blocker = c.tmp / "a_file"
-    blocker.write_text("not a directory\n")
+    blocker = _blocker(c)
     metrics = blocker / "sub" / "corr.json"
     call, (out, _) = c.correspondences(c.params(), metrics=metrics)
-    return Bad(call, E(f"{metrics}: output path: expected a location in a writable directory, got {blocker} "
-                       f"(not a directory)"), (out, metrics))
+    return Bad(call, _not_writable(metrics, blocker), (out, metrics))
 
 
 @fails("atomic write under a regular file", "fsutil (every writer)")
 def _(c: Ctx) -> Bad:
     from text4point.fsutil import write_json
 
-    blocker = c.tmp / "a_file"
-    blocker.write_text("not a directory\n")
+    blocker = _blocker(c)
     target = blocker / "stats.json"
-    return Bad(lambda: write_json(target, {}), E(f"{target}: output path: expected a location in a writable "
-                                                 f"directory, got {blocker} (not a directory)"), (target,))
+    return Bad(lambda: write_json(target, {}), _not_writable(target, blocker), (target,))
 
 
 # ---------------------------------------------------------------- real-data import

@@ -12,12 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, TINY, load_yaml, project_copy
+from conftest import ROOT, TINY, assert_same_results, load_yaml, project_copy, tiny_results
 
 pytestmark = pytest.mark.slow
 
@@ -78,16 +76,6 @@ def _cluster_args(profile: dict, cluster: dict, gpus: dict[str, int] | None = No
              # no accounting database here, so no sacct: squeue answers (MinJobAge keeps finished jobs an hour)
              "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
              "--slurm-keep-successful-logs"])
-
-
-def _results(proj: Path) -> dict:
-    """What tests/test_workflow.py compares between runs: every table (less the MLflow run ids, which name each
-    run) and one fine-tuning job's predictions."""
-    out = {p.name: pd.read_csv(p).drop(columns=["mlflow runs"], errors="ignore")
-           for p in sorted((proj / "results/tables").glob("*.csv"))}
-    with np.load(proj / "results/finetune/semseg/text4point/seed0-frac1.0/predictions.npz") as npz:
-        out["predictions"] = {key: npz[key] for key in npz.files}
-    return out
 
 
 def _slurm_jobs(proj: Path) -> dict[str, str]:
@@ -153,39 +141,16 @@ def test_pretrain_launches_through_torchrun_when_given_gpus():
     assert shell.startswith("torchrun --standalone --nproc_per_node 4 --no-python text4point pretrain --params-json ")
 
 
-def test_tiny_dag_through_slurm_equals_a_local_run(cluster, tmp_path):
+def test_tiny_dag_through_slurm_equals_a_local_run(cluster, tmp_path, tiny_reference):
     profile = load_yaml(PROFILE)
     tiny = load_yaml(TINY)
-    local = project_copy(tmp_path / "local")
     proj = project_copy(tmp_path / "slurm")
-    env_local = dict(cluster["env"], MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow-local.db'}")
     env = dict(cluster["env"], MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow-slurm.db'}")
     snakemake_slurm = [sys.executable, "-m", "snakemake", "--profile", "workflow/profiles/slurm"]
+    run = _run(snakemake_slurm + _cluster_args(profile, cluster) + ["--", "all"], proj, env)
 
-    # the reference: the same tiny DAG run locally, meanwhile (both are deterministic on CPU)
-    local_log = tmp_path / "local.log"
-    with open(local_log, "w") as out:
-        local_run = subprocess.Popen([sys.executable, "-m", "snakemake", "--profile", "workflow/profiles/default",
-                                      "--cores", "2", "tables"], cwd=local, env=env_local, stdout=out, stderr=out)
-    try:
-        run = _run(snakemake_slurm + _cluster_args(profile, cluster) + ["--", "all"], proj, env)
-    except BaseException:
-        local_run.terminate()
-        raise
-    finally:
-        local_run.wait(timeout=3600)
-    assert local_run.returncode == 0, local_log.read_text()[-4000:]
-
-    # --- the tables (and a job's predictions) are those of the local run
-    got, want = _results(proj), _results(local)
-    assert got.keys() == want.keys() and len(got) == 8
-    for name in want:
-        if name == "predictions":
-            assert got[name].keys() == want[name].keys()
-            for key in want[name]:
-                np.testing.assert_array_equal(got[name][key], want[name][key])
-        else:
-            pd.testing.assert_frame_equal(got[name], want[name], obj=name)
+    # --- the tables (and a job's predictions) are those of the local run (the session's reference)
+    assert_same_results(tiny_results(proj), tiny_reference["results"])
 
     # --- every job of the DAG went through Slurm: one log and one completed job record per job
     ft = tiny["finetune"]

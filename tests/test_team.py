@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, project_copy
+from conftest import ROOT
 from test_workflow import DVC, SNAKEMAKE, _dry_run_jobs, _run
 
 SCRIPT = ROOT / "scripts" / "team_tracking.sh"
@@ -152,13 +152,12 @@ def _digest(path: Path) -> str:
     return h.hexdigest()
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> tuple[Path, dict]:
-    """The tiny DAG run once by Snakemake in a git copy of the project."""
-    root = tmp_path_factory.mktemp("team-dvc")
-    proj = project_copy(root / "a")
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}", DVC_NO_ANALYTICS="1", **GIT_ENV)
-    _run(SNAKEMAKE + ["all"], proj, env)
+@pytest.fixture()
+def tiny_run(tmp_path, tiny_reference) -> tuple[Path, dict]:
+    """A copy of the session's tiny reference run (the project, its outputs and Snakemake's records)."""
+    proj = tmp_path / "a"
+    shutil.copytree(tiny_reference["proj"], proj, symlinks=True)
+    env = dict(tiny_reference["env"], **GIT_ENV)
     return proj, env
 
 

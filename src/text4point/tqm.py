@@ -89,7 +89,6 @@ class TextQueryingModule(nn.Module):
             raise ValueError(f"q and text: expected [N, d]/[B, N, d] and [K, d]/[B, K, d], "
                              f"got {list(q.shape)} and {list(text.shape)}")
         b, n, _ = q.shape
-        k = text.size(1)
 
         t = self.norm_text(text)
         queries = self._split(self.to_q(self.norm_q(q)))          # B, H, N, dh
