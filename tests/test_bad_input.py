@@ -624,14 +624,19 @@ def correspondences_counts(c: Ctx, damage: Callable[[Path, int], None]) -> Count
     return Counted(got, want, out)
 
 
-@counted("truncated colour image", "correspondences")
-def _(c: Ctx) -> Counted:
-    def damage(scene: Path, i: int) -> dict:
-        p = scene / "color" / f"{i}.jpg"
-        p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])
-        return {"corrupt_image": 1}
+def truncated(kind: str, suffix: str, keep: float) -> Callable[[Ctx], Counted]:
+    """A frame's image of ``kind`` cut to ``keep`` of its bytes: a corrupt image, skipped and counted."""
+    def make(c: Ctx) -> Counted:
+        def damage(scene: Path, i: int) -> dict:
+            p = scene / kind / f"{i}.{suffix}"
+            p.write_bytes(p.read_bytes()[: int(p.stat().st_size * keep)])
+            return {"corrupt_image": 1}
 
-    return correspondences_counts(c, damage)
+        return correspondences_counts(c, damage)
+    return make
+
+
+counted("truncated colour image", "correspondences")(truncated("color", "jpg", 1 / 3))
 
 
 @counted("corrupt depth image", "correspondences")
@@ -643,14 +648,7 @@ def _(c: Ctx) -> Counted:
     return correspondences_counts(c, damage)
 
 
-@counted("truncated depth image", "correspondences")
-def _(c: Ctx) -> Counted:
-    def damage(scene: Path, i: int) -> dict:
-        p = scene / "depth" / f"{i}.png"
-        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
-        return {"corrupt_image": 1}
-
-    return correspondences_counts(c, damage)
+counted("truncated depth image", "correspondences")(truncated("depth", "png", 1 / 2))
 
 
 def non_finite_pose(value: str) -> Callable[[Ctx], Counted]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import params as P
 from .errors import InputError
-from .fsutil import atomic_dir, atomic_path, check_writable, clean_stale_temporaries, write_json
+from .fsutil import atomic_dir, atomic_path, check_writable, write_json
 
 # torch_geometric scripts a few functions at import; torch 2.14 warns about torch.jit.script on every CLI call,
 # which would turn one-line errors into three lines.
@@ -62,7 +62,6 @@ def cmd_data(args) -> None:
     data = cfg["data"]
     source = data["source"]
     out = Path(args.out)
-    clean_stale_temporaries(out.parent)
     t0 = time.perf_counter()
     with atomic_dir(out) as tmp:
         if source == "world":
@@ -90,7 +89,6 @@ def cmd_data(args) -> None:
 def _into_dir(out: str | Path, work) -> dict:
     """Run ``work(tmp_dir)`` into a temporary directory that replaces ``out`` only when complete."""
     out = Path(out)
-    clean_stale_temporaries(out.parent)
     t0 = time.perf_counter()
     with atomic_dir(out) as tmp:
         metrics = work(tmp)

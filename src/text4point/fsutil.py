@@ -105,18 +105,3 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def clean_stale_temporaries(directory: str | os.PathLike) -> int:
-    """Remove ``.*.tmp`` leftovers of killed runs in ``directory``; return how many were removed."""
-    n = 0
-    d = Path(directory)
-    if not d.is_dir():
-        return 0
-    for p in d.glob(".*.tmp"):
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
-        n += 1
-    return n

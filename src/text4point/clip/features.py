@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from .. import faults
 from ..errors import InputError
-from ..fsutil import atomic_path, clean_stale_temporaries, write_json
+from ..fsutil import atomic_path, write_json
 from ..labels import LABEL_SETS
 from ..scene import Dataset, FrameDefect, Scene, read_image, sampled_frames
 from .load import ClipHandle, load_clip, preprocess_images, same_weights
@@ -393,7 +393,6 @@ def run_stage(cfg: dict, data_root: Path, out_dir: Path, device, progress: bool 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MANIFEST).unlink(missing_ok=True)  # an interrupted rewrite is never taken as complete
-    clean_stale_temporaries(out_dir)
     skip = int(cfg["correspondences"]["frame_skip"])
     scene_ids, split_of, frames = [], {}, {}
     for split in FEATURE_SPLITS:

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import InputError, bad
-from ..fsutil import atomic_dir, clean_stale_temporaries, write_json
+from ..fsutil import atomic_dir, write_json
 from ..labels import S3DIS13
 from ..scene import boxes_from_points, write_boxes, write_dataset_meta, write_points
 from .fetch import find_root, resolve_source
@@ -75,7 +75,6 @@ def import_s3dis(cfg: dict, out_root: Path, download_dir: Path, progress: bool =
     out_root = Path(out_root)
     scenes_dir = out_root / "scenes"
     (out_root / "dataset.json").unlink(missing_ok=True)  # the dataset is complete again only at the end
-    clean_stale_temporaries(scenes_dir)
     defects: Counter = Counter()
     bad_files: dict[str, int] = {}
     points = 0

@@ -46,7 +46,7 @@ from plyfile import PlyData, PlyParseError
 from tqdm import tqdm
 
 from ..errors import InputError, bad
-from ..fsutil import atomic_dir, clean_stale_temporaries, write_json
+from ..fsutil import atomic_dir, write_json
 from ..labels import IGNORE_LABEL, NO_INSTANCE, SCANNET20, nyu40_to_scannet20
 from ..scene import boxes_from_points, write_boxes, write_dataset_meta, write_image, write_matrix, write_mesh, \
     write_points
@@ -89,7 +89,6 @@ def import_scannet(cfg: dict, out_root: Path, download_dir: Path, progress: bool
     out_root = Path(out_root)
     scenes_dir = out_root / "scenes"
     (out_root / "dataset.json").unlink(missing_ok=True)  # the dataset is complete again only at the end
-    clean_stale_temporaries(scenes_dir)
     frames = 0
     todo = [sid for split in ("train", "val") for sid in chosen[split]]
     for sid in tqdm(todo, desc="import scannet", unit="scene", disable=not progress):

@@ -60,7 +60,7 @@ from .. import faults, tracking
 from ..clip.features import load_features
 from ..correspondences import cpu_threads
 from ..errors import InputError
-from ..fsutil import atomic_path, clean_stale_temporaries, sha256_file
+from ..fsutil import atomic_path, sha256_file
 from ..models import build_backbone
 from ..scene import Dataset
 from . import zeroshot
@@ -452,7 +452,6 @@ def _run(cfg, pc, seed, dist, data_root, corr_dir, features_dir, variant, out_ch
     with run_ctx:
         if dist.main:
             ckdir.mkdir(parents=True, exist_ok=True)
-            clean_stale_temporaries(ckdir)
         ddp_model.train()
         for epoch in range(start_epoch, epochs):
             sampler.set_epoch(epoch)
