@@ -48,12 +48,9 @@ def _finish(stage: str, cfg: dict, sections: tuple[str, ...], metrics: dict, met
     metrics = {"params_hash": P.params_hash(logged), **metrics}
     write_json(metrics_path, metrics)
     with tracking.run(stage, logged, tags={"params_hash": metrics["params_hash"], **(tags or {})},
-                      experiment_prefix=cfg.get("tracking", {}).get("experiment_prefix", "text4point")):
-        import mlflow
-
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        mlflow.log_dict({"metrics": metrics, "detail": detail}, f"{stage}_stats.json")
+                      experiment_prefix=cfg["tracking"]["experiment_prefix"]):
+        tracking.log_metrics(metrics)
+        tracking.log_dict({"metrics": metrics, "detail": detail}, f"{stage}_stats.json")
     return metrics
 
 
@@ -129,28 +126,24 @@ def cmd_clip_features(args) -> None:
 
 
 def cmd_pretrain(args) -> None:
-    from .pretrain import run_stage
-    from .runtime import device
+    from .pretrain import PretrainJob, run_stage
 
     cfg = _start(args)
-    features = Path(args.features) if args.features else None
-    clip_checkpoint = Path(args.clip_checkpoint) if args.clip_checkpoint else None
-    metrics = run_stage(cfg, Path(args.data), Path(args.corr), features, args.variant, Path(args.out), device(),
-                        progress=not args.quiet, clip_checkpoint=clip_checkpoint)
+    job = PretrainJob(cfg, args.data, args.corr, args.features, args.variant, args.out,
+                      clip_checkpoint=args.clip_checkpoint, progress=not args.quiet)
+    metrics = run_stage(job)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 writes the metrics
         write_json(args.metrics, metrics)  # the engine records its own MLflow run (per-step curves)
 
 
 def cmd_finetune(args) -> None:
-    from .finetune import run_stage
-    from .runtime import device
+    from .finetune import FinetuneJob, run_stage
 
     cfg = _start(args)
-    init_ck = Path(args.init_checkpoint) if args.init_checkpoint else None
-    clip_ck = Path(args.clip_checkpoint) if args.clip_checkpoint else None
-    metrics = run_stage(cfg, Path(args.data), args.task, args.init, args.seed, args.label_fraction, init_ck, clip_ck,
-                        device(), progress=not args.quiet,
-                        predictions_path=Path(args.predictions) if args.predictions else None)
+    job = FinetuneJob(cfg, args.data, args.task, args.init, args.seed, args.label_fraction,
+                      init_checkpoint=args.init_checkpoint, clip_checkpoint=args.clip_checkpoint,
+                      predictions_path=args.predictions, progress=not args.quiet)
+    metrics = run_stage(job)
     write_json(args.out, metrics)  # the engine records its own MLflow run
 
 
@@ -162,10 +155,8 @@ def cmd_tables(args) -> None:
     summary = tables.build_tables(cfg, Path(args.finetune_dir), Path(args.pretrain_dir), out)
     logged = {k: cfg[k] for k in ("finetune", "pretrain") if k in cfg}
     with tracking.run("tables", logged, tags={"params_hash": P.params_hash(logged)},
-                      experiment_prefix=cfg.get("tracking", {}).get("experiment_prefix", "text4point")):
-        import mlflow
-
-        mlflow.log_artifacts(str(out), "tables")
+                      experiment_prefix=cfg["tracking"]["experiment_prefix"]):
+        tracking.log_artifacts(out, "tables")
     print(json.dumps(summary))
 
 

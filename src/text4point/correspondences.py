@@ -52,19 +52,13 @@ Storage, one directory per scene in the stage's output directory (``.npy``, memo
     match_offsets.npy  int64 [Q + 1]    pair q's matches are matches[match_offsets[q]:match_offsets[q + 1]]
     scene_stats.json   scene id, colour/depth sizes, params, counts
 
-and ``manifest.json`` (written last) with the scene ids, the params used and totals. Per-scene statistics:
+and ``manifest.json`` (written last; the files are read and checked by :mod:`text4point.corrfiles`) with the scene ids, the params used and totals. Per-scene statistics:
 ``pairs`` counts unordered frame pairs without the self pairs; ``matches_per_pair`` summarises the ordered
 non-self pair entries.
-
-Speed: the work per frame is a few dozen tensor ops over tens of thousands of elements; on CPU ``run_stage``
-runs torch with one intra-op thread (``cpu_threads``). The voxel key sort (``torch.unique``) is the largest
-single cost; see benchmarks/bench_correspondences.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import re
 import statistics
@@ -73,131 +67,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch_cluster import grid_cluster
 from tqdm import tqdm
 
-from .errors import InputError, bad
-from .fsutil import atomic_dir, write_json
+from .corrfiles import FORMAT, write_scene_correspondences
+from .errors import bad
+from .fsutil import write_json
+from .geometry import (GRID_HALF, affine, as_matrix, backproject, in_grid, project, project_with, projection_matrix,
+                       voxelize)
+from .runtime import cpu_threads, resolve_device
 from .scene import Dataset, FrameDefect, Scene, sampled_frames
 
-FORMAT = "text4point-correspondences-v1"
 STAGE_SPLITS = ("train", "val")
 FRAME_REASONS = ("missing_pose", "invalid_pose", "missing_image", "corrupt_image", "bad_image_size",
                  "too_little_depth")
 SCENE_REASONS = ("color_depth_mismatch",)
 PARAM_KEYS = ("frame_skip", "voxel_size", "overlap_threshold", "depth_tolerance", "min_valid_depth")
-# The voxel grid spans +-GRID_HALF voxels around the world origin in each axis: (2 * 2**19 + 1)**3 < 2**63,
-# so every key is a distinct int64 (+-26 km at 5 cm voxels). Points outside are dropped.
-GRID_HALF = 2 ** 19
 MAX_SPLAT_RADIUS = 4.0  # colour pixels; bounds the footprint of a depth sample seen from very close
-
-# (file, dtype, trailing shape)
-ARRAYS = {
-    "frames": (np.int32, ()),
-    "points": (np.float32, (3,)),
-    "colors": (np.uint8, (3,)),
-    "point_offsets": (np.int64, ()),
-    "pairs": (np.int32, (2,)),
-    "overlap": (np.float32, ()),
-    "matches": (np.int32, (2,)),
-    "match_offsets": (np.int64, ()),
-}
-
-
-def _dev(device) -> torch.device:
-    if device is None:
-        from .runtime import device as default_device
-
-        return default_device()
-    return torch.device(device)
-
-
-def _mat(m, dtype, device) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(m, dtype=np.float64), device=device).to(dtype)
-
-
-# ---------------------------------------------------------------- geometry
-
-def _affine(M: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """``points @ M[:3, :3].T + M[:3, 3]`` for points [N, 3] (a [N, 3] view of a [3, N] product: a 3x3 by
-    3xN product is several times faster on CPU than an Nx3 by 3x3 one)."""
-    return torch.addmm(M[:3, 3:4], M[:3, :3], points.T).T
-
-
-def backproject(depth: torch.Tensor, K: torch.Tensor, cam_to_world: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """World points [M, 3] of the valid (finite, > 0) pixels of ``depth`` [H, W] and their pixel index v * W + u.
-
-    ``depth`` holds z (metres along the optical axis); ``K`` is the camera's 3x3 intrinsic matrix and
-    ``cam_to_world`` its 4x4 pose (OpenCV axes: x right, y down, z forward).
-    """
-    H, W = depth.shape
-    dtype, dev = depth.dtype, depth.device
-    flat = depth.reshape(-1)
-    pix = torch.nonzero((flat > 0) & torch.isfinite(flat)).squeeze(1)
-    z = flat.index_select(0, pix)
-    uv1 = torch.stack([(pix % W).to(dtype), torch.div(pix, W, rounding_mode="floor").to(dtype),
-                       torch.ones_like(z)])  # [3, M]
-    Kinv = torch.linalg.inv(torch.as_tensor(K, device=dev).to(torch.float64)[:3, :3]).to(dtype)
-    cam = (Kinv @ uv1).T * z.unsqueeze(1)  # z * K^-1 [u, v, 1]
-    return _affine(torch.as_tensor(cam_to_world, device=dev).to(dtype), cam), pix
-
-
-def projection_matrix(K, cam_to_world, dtype=torch.float32, device=None) -> torch.Tensor:
-    """4x4 matrix P with P [x y z 1]^T = (u w, v w, w, z_camera) for world points (computed in float64)."""
-    K3 = np.asarray(K.cpu() if torch.is_tensor(K) else K, np.float64)[:3, :3]
-    T = np.asarray(cam_to_world.cpu() if torch.is_tensor(cam_to_world) else cam_to_world, np.float64)
-    w2c = np.linalg.inv(T)
-    return torch.as_tensor(np.concatenate([K3 @ w2c[:3], w2c[2:3]]), device=_dev(device)).to(dtype)
-
-
-def _project(points_world: torch.Tensor, P: torch.Tensor, width: int, height: int):
-    img = torch.addmm(P[:, 3:4], P[:, :3], points_world.T)  # [4, N]
-    z, w = img[3], img[2]
-    front = (z > 1e-6) & (w > 1e-12)
-    uv = (img[:2] / torch.where(front, w, torch.ones_like(w))).T
-    ui = torch.floor(uv + 0.5)
-    inside = front & (ui[:, 0] >= 0) & (ui[:, 0] < width) & (ui[:, 1] >= 0) & (ui[:, 1] < height)
-    return uv, z, inside, ui
-
-
-def project(points_world: torch.Tensor, K: torch.Tensor, cam_to_world: torch.Tensor, width: int,
-            height: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Project world points [N, 3]: pixel coordinates uv [N, 2] (float), depth z [N] and ``inside`` [N].
-
-    ``inside``: z > 0 and the rounded pixel ``floor(uv + 0.5)`` lies in the width x height image.
-    """
-    P = projection_matrix(K, cam_to_world, points_world.dtype, points_world.device)
-    uv, z, inside, _ = _project(points_world, P, width, height)
-    return uv, z, inside
-
-
-def voxelize(points: torch.Tensor, voxel_size: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Cluster points [N, 3] on the world-aligned grid of ``voxel_size`` (``torch_cluster.grid_cluster``).
-
-    Returns (voxel_points [V, 3]: the mean of each occupied voxel's points, voxel_keys int64 [V] (sorted,
-    the same key for the same voxel in every frame), cluster [N]: each point's voxel row). The grid's
-    origin is fixed at -GRID_HALF * voxel_size in every axis; points must lie within +-GRID_HALF voxels.
-    """
-    dev = points.device
-    if len(points) == 0:
-        return (points.new_zeros((0, 3)), torch.zeros(0, dtype=torch.int64, device=dev),
-                torch.zeros(0, dtype=torch.int64, device=dev))
-    half = GRID_HALF * float(voxel_size)
-    size = torch.full((3,), float(voxel_size), dtype=torch.float64, device=dev)
-    start = torch.full((3,), -half, dtype=torch.float64, device=dev)
-    end = torch.full((3,), half, dtype=torch.float64, device=dev)
-    # float64: keys then follow floor(p / voxel_size) exactly, not float32's rounding at |p + half| ~ 1e4
-    raw = grid_cluster(points.to(torch.float64), size, start, end)
-    keys, cluster = torch.unique(raw, return_inverse=True)
-    counts = torch.bincount(cluster, minlength=len(keys)).to(points.dtype)
-    sums = torch.zeros((len(keys), 3), dtype=points.dtype, device=dev).index_add_(0, cluster, points)
-    return sums / counts.unsqueeze(1), keys, cluster
-
-
-def in_grid(points: torch.Tensor, voxel_size: float) -> torch.Tensor:
-    """Points that ``voxelize`` can key (finite, inside the fixed grid)."""
-    lim = (GRID_HALF - 1) * float(voxel_size)
-    return torch.isfinite(points).all(1) & (points.abs() < lim).all(1)
 
 
 def color_zbuffer(depth: torch.Tensor, K_depth: torch.Tensor, depth_to_world: torch.Tensor, K_color: torch.Tensor,
@@ -258,7 +143,7 @@ def match_points(points_world: torch.Tensor, zbuf: torch.Tensor, P_color: torch.
 
     ``P_color``: ``projection_matrix`` of the colour camera; ``zbuf``: its observed depth (``color_zbuffer``).
     """
-    _, z, inside, ui = _project(points_world, P_color, width, height)
+    _, z, inside, ui = project_with(points_world, P_color, width, height)
     ui = ui.long()
     pix = torch.where(inside, ui[:, 1] * width + ui[:, 0], torch.zeros_like(ui[:, 0]))
     ok = inside & ((zbuf.index_select(0, pix) - z).abs() <= depth_tolerance)  # inf (no sample) never passes
@@ -269,7 +154,7 @@ def match_points(points_world: torch.Tensor, zbuf: torch.Tensor, P_color: torch.
 def sample_colors(points_world: torch.Tensor, color: torch.Tensor, P_color: torch.Tensor) -> tuple[torch.Tensor, int]:
     """uint8 rgb [N, 3] of the colour pixel each point projects to (clamped to the image); and how many fell outside."""
     H, W = color.shape[:2]
-    _, _, inside, ui = _project(points_world, P_color, W, H)
+    _, _, inside, ui = project_with(points_world, P_color, W, H)
     u = ui[:, 0].nan_to_num(0).clamp(0, W - 1).long()
     v = ui[:, 1].nan_to_num(0).clamp(0, H - 1).long()
     return color.reshape(-1, 3).index_select(0, v * W + u), int((~inside).sum().item())
@@ -347,7 +232,7 @@ def coincident_color_to_depth(K_depth, K_color, ext_depth, ext_color, depth_size
     if not (np.allclose(ext_depth, ext_color, rtol=0, atol=1e-9) and Kd[0, 1] == 0 and Kc[0, 1] == 0
             and np.allclose(Kd[2], [0, 0, 1]) and np.allclose(Kc[2], [0, 0, 1])):
         return None
-    dev = _dev(device)
+    dev = resolve_device(device)
     (Wd, Hd), (Wc, Hc) = depth_size, color_size
     uc = torch.arange(Wc, device=dev, dtype=torch.float64)
     vc = torch.arange(Hc, device=dev, dtype=torch.float64)
@@ -377,7 +262,7 @@ def process_scene(scene: Scene, cfg: dict, device=None, splat: bool = True) -> d
     frame its voxel points, colours, keys and depth image (float32 at depth resolution).
     """
     with torch.inference_mode():
-        return _process_scene(scene, cfg, _dev(device), splat)
+        return _process_scene(scene, cfg, resolve_device(device), splat)
 
 
 def _process_scene(scene: Scene, cfg: dict, dev: torch.device, splat: bool) -> dict:
@@ -385,7 +270,7 @@ def _process_scene(scene: Scene, cfg: dict, dev: torch.device, splat: bool) -> d
     c = _check_cfg(cfg)
     dtype = torch.float32
     ccam, dcam = scene.cameras()
-    Kc, Kd = _mat(ccam.K, dtype, dev), _mat(dcam.K, dtype, dev)
+    Kc, Kd = as_matrix(ccam.K, dtype, dev), as_matrix(dcam.K, dtype, dev)
     Kc_np = np.asarray(ccam.K, np.float64)
     ext_c, ext_d = np.asarray(ccam.extrinsic, np.float64), np.asarray(dcam.extrinsic, np.float64)
     Wc, Hc, Wd, Hd = int(ccam.width), int(ccam.height), int(dcam.width), int(dcam.height)
@@ -421,7 +306,7 @@ def _process_scene(scene: Scene, cfg: dict, dev: torch.device, splat: bool) -> d
         Tc, Td = pose @ ext_c, pose @ ext_d
         Pc = projection_matrix(Kc_np, Tc, dtype, dev)
         pix = torch.nonzero(depth > 0).squeeze(1)  # decoded PNG depth is finite
-        world = _affine(_mat(Td, dtype, dev), rays.index_select(0, pix) * depth.index_select(0, pix).unsqueeze(1))
+        world = affine(as_matrix(Td, dtype, dev), rays.index_select(0, pix) * depth.index_select(0, pix).unsqueeze(1))
         if np.abs(Td[:3, 3]).max() + float(depth_np.max()) * ray_norm >= lim:  # bound |world| on the host
             world = world[in_grid(world, voxel)]
         vpts, vkeys, _ = voxelize(world, voxel)
@@ -455,8 +340,8 @@ def _process_scene(scene: Scene, cfg: dict, dev: torch.device, splat: bool) -> d
             observed = torch.cat([depths[a], depths[a].new_zeros(1)]).index_select(0, c2d)
             zbuf = torch.where(observed > 0, observed, inf)
         else:
-            zbuf = color_zbuffer(depths[a].view(Hd, Wd), Kd, _mat(c2w_depth[a], dtype, dev), Kc,
-                                 _mat(c2w_color[a], dtype, dev), Wc, Hc, splat=splat)
+            zbuf = color_zbuffer(depths[a].view(Hd, Wd), Kd, as_matrix(c2w_depth[a], dtype, dev), Kc,
+                                 as_matrix(c2w_color[a], dtype, dev), Wc, Hc, splat=splat)
         rows = torch.nonzero(paired[a][frame_of_point]).squeeze(1)
         pix, sel = match_points(all_pts.index_select(0, rows), zbuf, P_color[a], Wc, Hc, tol)
         idx = rows.index_select(0, sel)  # ascending, so grouped by frame b ascending = pair order
@@ -512,113 +397,8 @@ def _process_scene(scene: Scene, cfg: dict, dev: torch.device, splat: bool) -> d
 
 # ---------------------------------------------------------------- storage
 
-def write_scene_correspondences(result: dict, scene_dir: str | os.PathLike) -> None:
-    """Write one scene's arrays and ``scene_stats.json`` into ``scene_dir`` (atomically, as a directory)."""
-    with atomic_dir(scene_dir) as tmp:
-        for name, (dtype, _) in ARRAYS.items():
-            np.save(tmp / f"{name}.npy", np.ascontiguousarray(result[name], dtype=dtype))
-        write_json(tmp / "scene_stats.json", {"format": FORMAT, **result["stats"]})
-
-
-def read_scene_stats(scene_dir: str | os.PathLike) -> dict:
-    p = Path(scene_dir) / "scene_stats.json"
-    try:
-        stats = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{p}: file not found (not a correspondences scene directory)") from None
-    except json.JSONDecodeError as e:
-        raise bad(p, "scene_stats.json", "valid JSON", str(e)) from None
-    if stats.get("format") != FORMAT:
-        raise bad(p, "format", FORMAT, stats.get("format"))
-    for key in ("scene_id", "color_size", "params"):
-        if key not in stats:
-            raise bad(p, key, "a value")
-    return stats
-
-
-def load_scene_correspondences(scene_dir: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Memory-map one scene's arrays, checking that every file exists with the dtype and length it must have."""
-    d = Path(scene_dir)
-    out = {}
-    for name, (dtype, tail) in ARRAYS.items():
-        p = d / f"{name}.npy"
-        if not p.exists():
-            raise InputError(f"{p}: file not found (a correspondences scene directory holds "
-                             f"{', '.join(n + '.npy' for n in ARRAYS)})")
-        try:
-            a = np.load(p, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise bad(p, "array", "a readable .npy file", str(e)) from None
-        if a.dtype != dtype or a.shape[1:] != tail:
-            raise bad(p, "array", f"{np.dtype(dtype).name} of shape [n{''.join(f', {t}' for t in tail)}]",
-                      f"{a.dtype.name} {list(a.shape)}")
-        out[name] = a
-    F, P, Q, M = len(out["frames"]), len(out["points"]), len(out["pairs"]), len(out["matches"])
-
-    def need(name: str, ok: bool, expected: str, got: object) -> None:
-        if not ok:
-            raise bad(d / f"{name}.npy", "length", expected, got)
-
-    need("colors", len(out["colors"]) == P, f"{P} rows (one per point in points.npy)", len(out["colors"]))
-    po, mo = out["point_offsets"], out["match_offsets"]
-    need("point_offsets", len(po) == F + 1, f"{F + 1} entries (frames.npy + 1)", len(po))
-    need("point_offsets", po[0] == 0 and po[-1] == P and bool((np.diff(po) >= 0).all()),
-         f"non-decreasing offsets from 0 to {P} (points.npy)", f"{int(po[0])}..{int(po[-1])}")
-    need("overlap", len(out["overlap"]) == Q, f"{Q} entries (one per pair in pairs.npy)", len(out["overlap"]))
-    need("match_offsets", len(mo) == Q + 1, f"{Q + 1} entries (pairs.npy + 1)", len(mo))
-    need("match_offsets", mo[0] == 0 and mo[-1] == M and bool((np.diff(mo) >= 0).all()),
-         f"non-decreasing offsets from 0 to {M} (matches.npy)", f"{int(mo[0])}..{int(mo[-1])}")
-    if Q:
-        need("pairs", int(out["pairs"].min()) >= 0 and int(out["pairs"].max()) < F,
-             f"frame indices in [0, {F})", f"[{int(out['pairs'].min())}, {int(out['pairs'].max())}]")
-    return out
-
-
-def check_matches_scene(corr_dir: str | os.PathLike, scene: Scene) -> None:
-    """Raise a one-line ``InputError`` when a scene's correspondences were not made from this scan."""
-    d = Path(corr_dir)
-    stats = read_scene_stats(d)
-    arrays = load_scene_correspondences(d)
-    where = f"{d}: correspondences do not match scan {scene.path}"
-    if stats["scene_id"] != scene.id:
-        raise InputError(f"{where}: scene id {stats['scene_id']!r}, the scan is {scene.id!r}")
-    if list(stats["color_size"]) != list(scene.meta.get("color_size", [])):
-        raise InputError(f"{where}: colour size {stats['color_size']}, the scan's is {scene.meta.get('color_size')}")
-    frames = np.asarray(arrays["frames"])
-    skip = int(stats["params"].get("frame_skip", 1))
-    bad_ids = sorted(set(frames.tolist()) - set(sampled_frames(scene.num_frames, skip)))
-    if bad_ids:
-        raise InputError(f"{where}: frame ids {bad_ids[:5]} are not sampled frames of its "
-                         f"{scene.num_frames} frames (frame_skip {skip})")
-    W, H = stats["color_size"]
-    if len(arrays["matches"]):
-        col = arrays["matches"][:, 0]
-        if int(col.min()) < 0 or int(col.max()) >= W * H:
-            raise InputError(f"{where}: pixel indices up to {int(col.max())}, the colour image has {W * H} pixels")
-        pts = arrays["matches"][:, 1]
-        if int(pts.min()) < 0 or int(pts.max()) >= len(arrays["points"]):
-            raise InputError(f"{where}: point indices up to {int(pts.max())}, points.npy has {len(arrays['points'])}")
-
 
 # ---------------------------------------------------------------- the stage
-
-@contextlib.contextmanager
-def cpu_threads(device, n: int = 1):
-    """On CPU, run torch with ``n`` intra-op threads (restored afterwards).
-
-    A frame's tensors are small (tens of thousands of elements): extra threads gain little, and on a shared
-    machine one descheduled worker stalls every op at its barrier (measured: 30 ms per scene with one
-    thread, 0.2 to 3 s with two under load).
-    """
-    if torch.device(device).type != "cpu" or torch.get_num_threads() == n:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def run_stage(cfg: dict, data_root: Path, out_dir: Path, device=None, progress: bool = True) -> dict:
@@ -629,7 +409,7 @@ def run_stage(cfg: dict, data_root: Path, out_dir: Path, device=None, progress: 
     """
     t0 = time.perf_counter()
     c = _check_cfg(cfg["correspondences"])
-    dev = _dev(device)
+    dev = resolve_device(device)
     ds = Dataset(data_root)
     out_dir = Path(out_dir)
     jobs = [(split, sid) for split in STAGE_SPLITS for sid in ds.split(split)]
@@ -667,14 +447,3 @@ def run_stage(cfg: dict, data_root: Path, out_dir: Path, device=None, progress: 
     return {**totals, "seconds": round(time.perf_counter() - t0, 2), "per_scene": per_scene}
 
 
-def load_manifest(out_dir: str | os.PathLike) -> dict:
-    p = Path(out_dir) / "manifest.json"
-    try:
-        m = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{p}: file not found (run the correspondences stage first)") from None
-    except json.JSONDecodeError as e:
-        raise bad(p, "manifest.json", "valid JSON", str(e)) from None
-    if m.get("format") != FORMAT or "scenes" not in m:
-        raise bad(p, "format", FORMAT, m.get("format"))
-    return m

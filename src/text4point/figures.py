@@ -16,24 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
+from . import tasks
 from .errors import InputError, bad
 from .labels import IGNORE_LABEL
+from .plotting import class_colours, pyplot, save_png
 from .scene import Dataset
-from .show import _class_colors, _save
 from .tables import collect, run_path
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def per_class_iou(runs: dict, ft: dict, classes: list[str], out: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     full = max(float(f) for f in ft["label_fractions"])
     inits = ft["inits"]
     fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(classes) * len(inits) / 2), 4.5))
@@ -48,13 +40,13 @@ def per_class_iou(runs: dict, ft: dict, classes: list[str], out: Path) -> Path:
     ax.set_title(f"Semantic segmentation, per class (val, {full:g} of train scenes, mean over seeds)")
     ax.legend()
     path = out / "semseg_per_class_iou.png"
-    _save(fig, path)
+    save_png(fig, path)
     plt.close(fig)
     return path
 
 
 def training_curves(runs: dict, ft: dict, out: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     tasks = ft["tasks"]
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -69,32 +61,22 @@ def training_curves(runs: dict, ft: dict, out: Path) -> Path:
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
     path = out / "training_curves.png"
-    _save(fig, path)
+    save_png(fig, path)
     plt.close(fig)
     return path
 
-
-def _instance_colours(ids: np.ndarray) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    palette = rng.uniform(0.15, 0.95, (int(ids.max(initial=0)) + 1, 3))
-    out = palette[np.maximum(ids, 0)]
-    out[ids <= 0] = 0.85
-    return out
-
-
-PREDICTION_KEYS = {"semseg": ("semantic",), "insseg": ("instance",), "det": ("boxes", "box_classes", "box_scores")}
 
 
 def load_predictions(path: Path, task: str, scene_id: str, num_points: int, num_classes: int) -> dict:
     """One val scene's arrays of a finetune job's ``predictions.npz``, checked against the scene and the label set."""
     try:
         with np.load(path, allow_pickle=False) as npz:
-            got = {k: npz[f"{scene_id}/{k}"] for k in PREDICTION_KEYS[task] if f"{scene_id}/{k}" in npz.files}
+            got = {k: npz[f"{scene_id}/{k}"] for k in tasks.get(task).prediction_keys if f"{scene_id}/{k}" in npz.files}
     except FileNotFoundError:
         raise InputError(f"{path}: file not found (run the finetune job that writes it)") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise bad(path, "predictions", "a readable .npz file", f"{type(e).__name__}: {e}") from None
-    for k in PREDICTION_KEYS[task]:
+    for k in tasks.get(task).prediction_keys:
         if k not in got:
             raise InputError(f"{path}: {scene_id}/{k}: expected the {task} predictions of val scene {scene_id}, "
                              f"found none")
@@ -111,43 +93,25 @@ def load_predictions(path: Path, task: str, scene_id: str, num_points: int, num_
 
 
 def scene_figure(data_root: Path, ft_root: Path, ft: dict, task: str, scene_id: str, out: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     ds = Dataset(data_root)
     names = list(ds.label_set.classes)
-    colours = _class_colors(len(names))
-    pts = ds.scene(scene_id).points()
-    xyz, sem, inst = pts["xyz"], pts["semantic"].astype(np.int64), pts["instance"].astype(np.int64)
-    order = np.argsort(xyz[:, 2])
+    colours = class_colours(len(names))
+    scene = ds.scene(scene_id)
+    pts = scene.points()
+    spec = tasks.get(task)
     seed, full = ft["seeds"][0], max(float(f) for f in ft["label_fractions"])
     panels = [("ground truth", None)] + [
         (init, load_predictions(run_path(ft_root, task, init, seed, full).with_name("predictions.npz"), task,
-                                scene_id, len(xyz), len(names))) for init in ft["inits"]]
+                                scene_id, len(pts["xyz"]), len(names))) for init in ft["inits"]]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
     for ax, (title, pred) in zip(axes[0], panels):
-        if task == "semseg":
-            lab = sem if pred is None else pred["semantic"].astype(np.int64)
-            c = np.where((lab == IGNORE_LABEL)[:, None], 0.85, colours[np.minimum(lab, len(names) - 1)])
-        elif task == "insseg":
-            ids = np.where(np.isin(sem, ds.label_set.thing_ids), inst, 0) if pred is None else \
-                pred["instance"].astype(np.int64)
-            c = _instance_colours(ids)
-        else:
-            c = pts["rgb"] / 255.0
-        ax.scatter(xyz[order, 0], xyz[order, 1], c=c[order], s=0.6, linewidths=0)
-        if task == "det":
-            if pred is None:
-                boxes = [(b["center"], b["size"], b["semantic"]) for b in ds.scene(scene_id).boxes()]
-            else:
-                bx, bc, bs = pred["boxes"], pred["box_classes"], pred["box_scores"]
-                boxes = [(b[:3], b[3:], c) for b, c, s in zip(bx, bc, bs) if s >= 0.3]
-            for (cx, cy, _), (sx, sy, _), cls in boxes:
-                ax.add_patch(plt.Rectangle((cx - sx / 2, cy - sy / 2), sx, sy, fill=False, lw=1,
-                                           ec=colours[int(cls) % len(colours)]))
+        spec.draw(ax, pts, pred, scene, ds.label_set, colours)
         ax.set_title(f"{scene_id} {task}: {title}", fontsize=9)
         ax.set_aspect("equal")
         ax.axis("off")
     path = out / f"{task}_{scene_id}.png"
-    _save(fig, path)
+    save_png(fig, path)
     plt.close(fig)
     return path
 

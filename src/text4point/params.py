@@ -25,7 +25,16 @@ SCHEMA_PATH = ROOT / "workflow" / "schemas" / "params.schema.yaml"
 
 @lru_cache(maxsize=1)
 def schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    """The params schema, with the enums of task, variant and initialisation names filled from the package's
+    registries (:mod:`text4point.names`), so that the YAML does not restate them."""
+    from .names import INITS, VARIANTS, task_names
+
+    sch = yaml.safe_load(SCHEMA_PATH.read_text())
+    props = sch["properties"]
+    props["pretrain"]["properties"]["variants"]["items"]["enum"] = list(VARIANTS)
+    props["finetune"]["properties"]["tasks"]["items"]["enum"] = list(task_names())
+    props["finetune"]["properties"]["inits"]["items"]["enum"] = list(INITS)
+    return sch
 
 
 def _key(path) -> str:

@@ -6,21 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .fsutil import atomic_path
+from .plotting import class_colours, save_png
 from .labels import IGNORE_LABEL
 from .scene import Dataset, FrameDefect
-
-
-def _class_colors(k: int) -> np.ndarray:
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab20"]
-    return np.array([cmap(i % 20)[:3] for i in range(k)])
-
-
-def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
 
 def show(root: Path, out_dir: Path, scenes: int = 1, split: str = "val") -> list[Path]:
@@ -32,7 +20,7 @@ def show(root: Path, out_dir: Path, scenes: int = 1, split: str = "val") -> list
 
     ds = Dataset(root)
     names = ds.label_set.classes
-    colors = _class_colors(len(names))
+    colors = class_colours(len(names))
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for sid in ds.split(split)[:scenes]:
@@ -57,7 +45,7 @@ def show(root: Path, out_dir: Path, scenes: int = 1, split: str = "val") -> list
             a.set_xlabel("x (m)")
             a.set_ylabel("y (m)")
         p = out_dir / f"{sid}_scene.png"
-        _save(fig, p)
+        save_png(fig, p)
         plt.close(fig)
         written.append(p)
 
@@ -85,7 +73,7 @@ def show(root: Path, out_dir: Path, scenes: int = 1, split: str = "val") -> list
                 if kw:
                     fig.colorbar(im, ax=a, fraction=0.035)
             p = out_dir / f"{sid}_frame.png"
-            _save(fig, p)
+            save_png(fig, p)
             plt.close(fig)
             written.append(p)
     return written

@@ -24,15 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import faults
+from . import faults, tasks
 from .errors import InputError
 from .fsutil import atomic_path, write_text
 
-TASK_METRICS = {"semseg": ("miou", "accuracy", "mean_class_accuracy"), "insseg": ("ap", "ap50", "ap25"),
-                "det": ("map25", "map50")}
-PRIMARY = {"semseg": "miou", "insseg": "ap50", "det": "map25"}
-METRIC_NAMES = {"miou": "mIoU", "accuracy": "OA", "mean_class_accuracy": "mAcc", "ap": "AP", "ap50": "AP50",
-                "ap25": "AP25", "map25": "mAP@0.25", "map50": "mAP@0.5"}
 TABLE_NAMES = ("semseg", "insseg", "det", "efficiency", "ablation", "zeroshot", "reference")
 
 # Published numbers on real ScanNet v2 val, from the Contrastive Scene Contexts repository's model-zoo tables
@@ -113,10 +108,10 @@ def build_tables(cfg: dict, ft_root: Path, pretrain_root: Path, out_dir: Path) -
     where = (f"Dataset: {dataset} (the offline world unless data.source says otherwise), evaluated on the {split} "
              f"split; mean ± sample std over {n_seeds} seed(s) {list(ft['seeds'])}; numbers in %.")
 
-    for task, metrics in TASK_METRICS.items():
-        if task not in ft["tasks"]:
-            continue
-        header = ["init", "label fraction", "seeds"] + [METRIC_NAMES[m] for m in metrics] + ["mlflow runs",
+    for task in ft["tasks"]:
+        spec = tasks.get(task)
+        metrics = list(spec.metrics)
+        header = ["init", "label fraction", "seeds"] + [spec.metrics[m] for m in metrics] + ["mlflow runs",
                                                                                              "params hashes"]
         rows = []
         for init in ft["inits"]:
@@ -129,10 +124,11 @@ def build_tables(cfg: dict, ft_root: Path, pretrain_root: Path, out_dir: Path) -
     header = ["task", "metric", "init"] + [f"{f:g} of train scenes" for f in ft["label_fractions"]]
     rows = []
     for task in ft["tasks"]:
+        spec = tasks.get(task)
         for init in ft["inits"]:
-            cells = [_pm(*_mean_std([j[PRIMARY[task]] for j in runs[(task, init, float(f))]]), n_seeds)
+            cells = [_pm(*_mean_std([j[spec.primary] for j in runs[(task, init, float(f))]]), n_seeds)
                      for f in ft["label_fractions"]]
-            rows.append([task, METRIC_NAMES[PRIMARY[task]], init] + cells)
+            rows.append([task, spec.metrics[spec.primary], init] + cells)
     _write(out_dir, "efficiency", _markdown("Data efficiency (CSC's limited-scene protocol)", where, header, rows),
            header, rows)
 
@@ -141,12 +137,13 @@ def build_tables(cfg: dict, ft_root: Path, pretrain_root: Path, out_dir: Path) -
     header = ["task", "metric", "label fraction", "comparison", "what it isolates", "difference (points)"]
     rows = []
     for task in ft["tasks"]:
+        spec = tasks.get(task)
         for f in ft["label_fractions"]:
             for a, b, what in pairs:
                 if a in ft["inits"] and b in ft["inits"]:
-                    ma = np.mean([j[PRIMARY[task]] for j in runs[(task, a, float(f))]])
-                    mb = np.mean([j[PRIMARY[task]] for j in runs[(task, b, float(f))]])
-                    rows.append([task, METRIC_NAMES[PRIMARY[task]], f, f"{a} − {b}", what, f"{100 * (ma - mb):+.1f}"])
+                    ma = np.mean([j[spec.primary] for j in runs[(task, a, float(f))]])
+                    mb = np.mean([j[spec.primary] for j in runs[(task, b, float(f))]])
+                    rows.append([task, spec.metrics[spec.primary], f, f"{a} − {b}", what, f"{100 * (ma - mb):+.1f}"])
     _write(out_dir, "ablation", _markdown("Ablation: differences of seed means", where, header, rows), header, rows)
 
     header = ["variant", "zero-shot mIoU", "zero-shot accuracy", "untrained network mIoU", "untrained accuracy",
@@ -171,4 +168,4 @@ def build_tables(cfg: dict, ft_root: Path, pretrain_root: Path, out_dir: Path) -
     return {"jobs": sum(len(v) for v in runs.values()), "tables": list(TABLE_NAMES), "dataset": dataset}
 
 
-__all__ = ["PRIMARY", "REFERENCE", "TABLE_NAMES", "build_tables", "collect", "run_path"]
+__all__ = ["REFERENCE", "TABLE_NAMES", "build_tables", "collect", "run_path"]

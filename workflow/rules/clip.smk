@@ -5,11 +5,12 @@
 rule clip_bootstrap:
     input:
         data=DATASET,
+        code=code("clip_bootstrap"),
     output:
         model="models/clip/bootstrap.pt",
         metrics="results/metrics/clip_bootstrap.json",
     params:
-        cfg=sections("seed", "clip.model", "clip.pretrained", "clip.templates", "clip.bootstrap", "tracking"),
+        cfg=rule_params("clip_bootstrap"),
         root=dirname_of("input", "data"),
     conda:
         "../envs/text4point.yaml"
@@ -25,11 +26,12 @@ rule clip_bootstrap:
 rule correspondences:
     input:
         data=DATASET,
+        code=code("correspondences"),
     output:
         manifest=f"{CORR}/manifest.json",
         metrics="results/metrics/correspondences.json",
     params:
-        cfg=sections("seed", "correspondences", "tracking"),
+        cfg=rule_params("correspondences"),
         root=dirname_of("input", "data"),
         out=dirname_of("output", "manifest"),
     conda:
@@ -47,11 +49,12 @@ rule clip_features:
     input:
         data=DATASET,
         model=clip_model_inputs,
+        code=code("clip_features"),
     output:
         manifest=f"{FEATURES}/manifest.json",
         metrics="results/metrics/clip_features.json",
     params:
-        cfg=sections("seed", "clip", "correspondences.frame_skip", "tracking"),
+        cfg=rule_params("clip_features"),
         checkpoint=lambda wildcards, input: f"--clip-checkpoint {input.model[0]}" if input.model else "",
         root=dirname_of("input", "data"),
         out=dirname_of("output", "manifest"),

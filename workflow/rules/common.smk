@@ -2,8 +2,11 @@ import json
 import os
 import sys
 
+from text4point import dag
 from text4point.errors import InputError
+from text4point.names import INITS, VARIANTS as VARIANT_NAMES, task_names
 from text4point.params import validate as _validate_params
+from text4point.tables import TABLE_NAMES
 
 # One-line message naming the key and what is allowed; no traceback for a typo in params.yaml.
 try:
@@ -26,11 +29,23 @@ def sections(*names):
     return json.dumps(picked, sort_keys=True)
 
 
-# The keys one pre-training / fine-tuning job reads: the lists that only say which jobs exist (variants,
-# tasks, inits, seeds, label_fractions) are left out, so adding a seed or a variant reruns no finished job.
-PRETRAIN_JOB = [f"pretrain.{k}" for k in config["pretrain"] if k != "variants"]
-FINETUNE_JOB = [f"finetune.{k}" for k in config["finetune"]
-                if k not in ("tasks", "inits", "seeds", "label_fractions")]
+def rule_params(rule):
+    """The params rule ``rule`` passes its command (text4point.dag.rule_params): a pre-training or fine-tuning job
+    reads its section but not the lists that only say which jobs exist (variants, tasks, inits, seeds,
+    label_fractions), so adding a seed or a variant reruns no finished job."""
+    return sections(*dag.rule_params(rule))
+
+
+def code(rule):
+    """The package's source files that the rule's command imports (text4point.dag.code_files): a change to one
+    of them reruns exactly the jobs that can run it."""
+    return dag.code_files(rule)
+
+
+# Wildcard values, from the package's registries.
+TASK_PATTERN = "|".join(task_names())
+INIT_PATTERN = "|".join(INITS)
+VARIANT_PATTERN = "|".join(VARIANT_NAMES)
 
 DATA = f"data/{config['data']['source']}"
 # Rules depend on the dataset through its small manifest, written last by the data stage: Snakemake
@@ -41,7 +56,6 @@ CLIP_BOOTSTRAP = config["clip"]["pretrained"] == "bootstrap"
 FEATURES = f"data/clip_features/{CLIP_ID}"
 CORR = "data/correspondences"
 VARIANTS = config["pretrain"]["variants"]
-TABLE_NAMES = ["semseg", "insseg", "det", "efficiency", "ablation", "zeroshot", "reference"]
 TABLES = expand("results/tables/{name}.md", name=TABLE_NAMES)
 TABLE_CSVS = expand("results/tables/{name}.csv", name=TABLE_NAMES)
 

@@ -1,10 +1,12 @@
 rule data:
+    input:
+        code=code("data"),
     output:
         dataset=DATASET,
         metrics="results/metrics/data.json",
         scene_stats="results/metrics/data_scenes.csv",
     params:
-        cfg=sections("seed", "data", "tracking"),
+        cfg=rule_params("data"),
         root=dirname_of("output", "dataset"),
     conda:
         "../envs/text4point.yaml"
@@ -21,6 +23,7 @@ rule data:
 rule show:
     input:
         data=DATASET,
+        code=code("show"),
     output:
         directory("results/figures/data"),
     params:

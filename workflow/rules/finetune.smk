@@ -8,15 +8,16 @@ rule finetune:
         data=DATASET,
         init=pretrain_checkpoint,
         clip=finetune_clip_inputs,
+        code=code("finetune"),
     output:
         metrics="results/finetune/{task}/{init}/seed{seed}-frac{frac}/metrics.json",
         predictions="results/finetune/{task}/{init}/seed{seed}-frac{frac}/predictions.npz",
     wildcard_constraints:
-        task="semseg|insseg|det",
-        init="scratch|text4point|image_contrast|pointcontrast",
+        task=TASK_PATTERN,
+        init=INIT_PATTERN,
         seed=r"\d+",
     params:
-        cfg=sections("seed", *FINETUNE_JOB, *PRETRAIN_JOB, "clip", "correspondences.voxel_size", "tracking"),
+        cfg=rule_params("finetune"),
         root=dirname_of("input", "data"),
         init=lambda wildcards, input: f"--init-checkpoint {input.init}" if input.init else "",
         clip=lambda wildcards, input: f"--clip-checkpoint {input.clip[0]}" if input.clip else "",
@@ -36,11 +37,12 @@ rule tables:
     input:
         finetune_runs(),
         expand("results/metrics/pretrain/{variant}.json", variant=VARIANTS),
+        code=code("tables"),
     output:
         TABLES,
         report(TABLE_CSVS, caption="../report/table.rst", category="Tables"),
     params:
-        cfg=sections("finetune", "pretrain", "tracking"),
+        cfg=rule_params("tables"),
     conda:
         "../envs/text4point.yaml"
     log:
@@ -56,11 +58,12 @@ rule figures:
     input:
         finetune_runs(),
         data=DATASET,
+        code=code("figures"),
     output:
         figures=report(directory("results/figures/finetune"), patterns=["{name}.png"],
                        caption="../report/figures.rst", category="Figures"),
     params:
-        cfg=sections("finetune"),
+        cfg=rule_params("figures"),
         root=dirname_of("input", "data"),
     conda:
         "../envs/text4point.yaml"

@@ -9,13 +9,14 @@ rule pretrain:
         corr=f"{CORR}/manifest.json",
         features=f"{FEATURES}/manifest.json",
         model=clip_model_inputs,
+        code=code("pretrain"),
     output:
         checkpoint="models/pretrain/{variant}/checkpoint.pt",
         metrics="results/metrics/pretrain/{variant}.json",
     wildcard_constraints:
-        variant="|".join(["text4point", "image_contrast", "pointcontrast"]),
+        variant=VARIANT_PATTERN,
     params:
-        cfg=sections("seed", *PRETRAIN_JOB, "clip", "correspondences", "tracking"),
+        cfg=rule_params("pretrain"),
         checkpoint=lambda wildcards, input: f"--clip-checkpoint {input.model[0]}" if input.model else "",
         root=dirname_of("input", "data"),
         corr=dirname_of("input", "corr"),

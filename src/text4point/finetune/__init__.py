@@ -5,6 +5,6 @@
 - :mod:`.engine`: :func:`run_stage` (training, evaluation with the official metrics, MLflow).
 """
 
-from .engine import PRIMARY, evaluate, run_stage
+from .engine import FinetuneJob, evaluate, run_stage
 
-__all__ = ["PRIMARY", "evaluate", "run_stage"]
+__all__ = ["FinetuneJob", "evaluate", "run_stage"]

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..correspondences import voxelize
+from ..geometry import voxelize
 from ..errors import InputError
 from ..labels import IGNORE_LABEL
 from ..scene import Dataset
@@ -181,7 +181,7 @@ def collate(items: list[dict]) -> SceneBatch:
 
 
 class TrainScenes(torch.utils.data.Dataset):
-    """Augmented training views; item keys are ``(epoch, index)`` (see ``pretrain.data.EpochSampler``)."""
+    """Augmented training views; item keys are ``(epoch, index)`` (as :class:`text4point.training.EpochSampler` yields them)."""
 
     def __init__(self, clouds: list[SceneCloud], max_points: int, seed: int):
         if not clouds:

@@ -10,9 +10,7 @@
   ``h3D_aggr = α·h3D + β·FC(h3D_text)`` feeds the decoder, whose ``z3D`` feeds the head. ``FC``, TQM, the
   second ``FC`` and α/β come from the pre-training checkpoint.
 
-Heads (:mod:`text4point.heads`): ``semseg`` a per-point classifier; ``insseg`` PointGroup-style semantic +
-offset branches; ``det`` VoteNet-style voting from seeds = the first set-abstraction level's points (a
-quarter of the voxels, by farthest-point sampling) carrying their ``z3D``.
+The task's head, its forward and its loss come from the task registry (:mod:`text4point.tasks`).
 """
 
 from __future__ import annotations
@@ -20,14 +18,15 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import tasks
+from ..checkpoints import load_weights
 from ..errors import InputError
-from ..heads import DetectionHead, InstanceHead, SemanticHead, seed_values
+from ..labels import IGNORE_LABEL
 from ..models import build_backbone
-from ..pretrain.engine import load_weights
+from ..names import INITS, LANGUAGE_INITS
+from ..tasks._base import seed_values
 from ..tqm import Aggregation, FCExpand, TextQueryingModule
 
-TASKS = ("semseg", "insseg", "det")
-INITS = ("scratch", "pointcontrast", "image_contrast", "text4point")
 LANGUAGE_PREFIXES = ("fc.", "tqm.", "fc_text.", "aggregation.")
 
 
@@ -36,7 +35,7 @@ class FinetuneModel(nn.Module):
 
     Args:
         backbone: a :class:`~text4point.models.Backbone`.
-        task: ``semseg`` | ``insseg`` | ``det``.
+        task: a registered task name (:data:`text4point.tasks.NAMES`).
         num_classes: K, the label set's size.
         ft: the ``finetune`` params section.
         prompt: a :class:`~text4point.clip.prompt.PromptLearner` (``text4point`` only), else None.
@@ -47,29 +46,19 @@ class FinetuneModel(nn.Module):
     def __init__(self, backbone, task: str, num_classes: int, ft: dict, prompt: nn.Module | None = None,
                  clip_dim: int | None = None, pretrain_params: dict | None = None):
         super().__init__()
-        if task not in TASKS:
-            raise InputError(f"finetune.tasks: expected one of {list(TASKS)}, got {task!r}")
-        self.backbone, self.task, self.num_classes = backbone, task, int(num_classes)
-        out = backbone.out_dim
-        if task == "semseg":
-            self.head = SemanticHead(out, self.num_classes)
-        elif task == "insseg":
-            self.head = InstanceHead(out, self.num_classes)
-        else:
-            self.head = DetectionHead(out, self.num_classes, num_proposals=int(ft["det"]["num_proposals"]),
-                                      radius=float(ft["det"]["radius"]))
+        self.backbone, self.task, self.num_classes = backbone, tasks.get(task), int(num_classes)
+        self.head = self.task.head(backbone.out_dim, self.num_classes, ft)
         self.prompt = prompt
-        self.aux_weight = float(ft.get("aux_weight", 1.0))
-        self.temperature = float(ft.get("temperature", 0.07))
+        self.aux_weight = float(ft["aux_weight"])
+        self.temperature = float(ft["temperature"])
         self.fc = self.tqm = self.fc_text = self.aggregation = None
         if prompt is not None:
-            pp = pretrain_params or {}
+            pp = pretrain_params
             d_b = backbone.bottleneck_dim
             self.fc = FCExpand(d_b, int(clip_dim))
-            self.tqm = TextQueryingModule(int(clip_dim), int(pp.get("tqm_heads", 4)))
+            self.tqm = TextQueryingModule(int(clip_dim), int(pp["tqm_heads"]))
             self.fc_text = FCExpand(int(clip_dim), d_b)
-            self.aggregation = Aggregation(pp.get("alpha", 1.0), pp.get("beta", 1.0),
-                                           bool(pp.get("learnable_aggregation", True)))
+            self.aggregation = Aggregation(pp["alpha"], pp["beta"], bool(pp["learnable_aggregation"]))
 
     def forward(self, x: Tensor, pos: Tensor, batch: Tensor) -> dict:
         encoded = self.backbone.encode(x, pos, batch)
@@ -82,32 +71,16 @@ class FinetuneModel(nn.Module):
             h_text, _ = self.tqm(h_hat, t.to(h_hat.dtype))
             h = self.aggregation(h, self.fc_text(h_text).to(h.dtype))
         z = self.backbone.decode(encoded, h)
-        if self.task == "det":
-            seed_pos, seed_batch = encoded.poss[1], encoded.batches[1]
-            seed_feat = seed_values(z, pos, batch, seed_pos, seed_batch)
-            out["det"] = self.head(seed_feat, seed_pos, seed_batch)
-            out["seed_pos"], out["seed_batch"] = seed_pos, seed_batch
-        else:
-            out["head"] = self.head(z)
+        out.update(self.task.forward(self.head, z, encoded, pos, batch))
         return out
 
     def losses(self, out: dict, batch) -> dict[str, Tensor]:
         """The task's losses (+ ``aux``, the score map's cross-entropy, for text4point); ``loss`` is the total."""
-        if self.task == "semseg":
-            terms = {"loss": self.head.loss(out["head"], batch.semantic)}
-        elif self.task == "insseg":
-            o = out["head"]
-            terms = self.head.loss(batch.pos, batch.batch, o.sem_logits, o.offsets, batch.semantic, batch.instance)
-        else:
-            gts = [{"centers": b[:, :3], "sizes": b[:, 3:], "classes": c, "instances": i}
-                   for b, c, i in zip(batch.boxes, batch.box_classes, batch.box_instances)]
-            seed_inst = seed_values(batch.instance, batch.pos, batch.batch, out["seed_pos"], out["seed_batch"])
-            terms = self.head.loss(out["det"], gts, seed_inst)
-            terms = {k: v for k, v in terms.items() if k != "positives"}
+        terms = self.task.loss(self.head, out, batch)
         if "scores" in out:
             enc = out["encoded"]
             labels = seed_values(batch.semantic, batch.pos, batch.batch, enc.pos_b, enc.batch_b)
-            valid = labels != 255
+            valid = labels != IGNORE_LABEL
             aux = (F.cross_entropy(out["scores"][valid], labels[valid]) if bool(valid.any())
                    else out["scores"].sum() * 0)
             terms["aux"] = aux
@@ -137,15 +110,15 @@ def build(cfg: dict, task: str, init: str, num_classes: int, init_checkpoint: di
         clip_dim = meta.get("clip_dim")
     backbone = build_backbone(pc["backbone"], in_channels=3, width=want["width"],
                               bottleneck_dim=want["bottleneck_dim"], out_dim=want["out_dim"])
-    if init == "text4point" and prompt is None:
+    if init in LANGUAGE_INITS and prompt is None:
         raise InputError("finetune init text4point: needs the learnable prompt (the frozen CLIP) - none was given")
-    model = FinetuneModel(backbone, task, num_classes, ft, prompt if init == "text4point" else None,
+    model = FinetuneModel(backbone, task, num_classes, ft, prompt if init in LANGUAGE_INITS else None,
                           clip_dim, pc)
     if init_checkpoint is not None:
         state = init_checkpoint["model"]
         take = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
         load_weights(model.backbone, take, init_path)
-        if init == "text4point":
+        if init in LANGUAGE_INITS:
             lang = {k: v for k, v in state.items() if k.startswith(LANGUAGE_PREFIXES)}
             missing = [p for p in LANGUAGE_PREFIXES if not any(k.startswith(p) for k in lang)]
             if missing:
@@ -155,4 +128,4 @@ def build(cfg: dict, task: str, init: str, num_classes: int, init_checkpoint: di
     return model
 
 
-__all__ = ["FinetuneModel", "INITS", "TASKS", "build"]
+__all__ = ["FinetuneModel", "build"]

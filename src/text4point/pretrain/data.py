@@ -43,16 +43,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, DistributedSampler
 
-from ..clip.features import FeatureCache, features_at_pixels, pixel_to_cell
-from ..correspondences import check_matches_scene, load_manifest
+from ..clip.cache import FeatureCache
+from ..clip.dense import features_at_pixels, pixel_to_cell
+from ..corrfiles import check_matches_scene, load_manifest
 from ..errors import InputError
 from ..scene import Dataset
+from ..names import IMAGE_VARIANTS, PAIR_VARIANTS, VARIANTS
 
-IMAGE_VARIANTS = ("text4point", "image_contrast")
-PAIR_VARIANTS = ("pointcontrast",)
-VARIANTS = IMAGE_VARIANTS + PAIR_VARIANTS
 IMAGE_KEY_STRIDE = 1 << 20  # image key = scene index * stride + frame row (frames per scene < 2**20)
 
 
@@ -322,155 +320,12 @@ def collate_frames(samples: list[dict]) -> FrameBatch:
                       num_clouds=len(samples))
 
 
-# ---------------------------------------------------------------- pairs (point <-> point)
-
-
-def _voxel_keys(pos: np.ndarray, voxel_size: float) -> np.ndarray:
-    cell = np.floor(pos.astype(np.float64) / voxel_size).astype(np.int64) + (1 << 20)
-    return (cell[:, 0] << 42) | (cell[:, 1] << 21) | cell[:, 2]
-
-
-def _rotate_z(pos: np.ndarray, angle: float) -> np.ndarray:
-    c, s = np.cos(angle), np.sin(angle)
-    R = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], np.float32)
-    return pos @ R.T
-
-
-class PairDataset(_Base):
-    """Unordered non-self frame pairs of a scene with point <-> point matches (see the module doc).
-
-    ``rotate``: rotate each frame by an independent random angle about z (PointContrast's augmentation).
-    """
-
-    def __init__(self, corr_dir: Path, data_root: Path, scene_ids: list[str], max_points: int,
-                 num_matches: int, seed: int, rotate: bool = True):
-        super().__init__(corr_dir, data_root, scene_ids, max_points, num_matches, seed)
-        self.rotate = bool(rotate)
-        self.items = []
-        for si in range(len(self.scene_ids)):
-            s = self.small[si]
-            po = s["point_offsets"]
-            for a, b in s["pairs"].tolist():
-                if a < b:
-                    if po[a + 1] == po[a] or po[b + 1] == po[b]:
-                        self._skip("no_points")
-                    else:
-                        self.items.append((si, a, b))
-        if not self.items:
-            raise InputError(f"{self.corr_dir}: no overlapping frame pairs in scenes {self.scene_ids[:5]} "
-                             f"(pointcontrast needs pairs; lower correspondences.overlap_threshold?)")
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def name(self, index: int) -> str:
-        si, a, b = self.items[index]
-        fr = self.small[si]["frames"]
-        return f"{self.scene_ids[si]}/frames {int(fr[a])}+{int(fr[b])}"
-
-    def __getitem__(self, key) -> dict:
-        epoch, index = _split_key(key)
-        si, a, b = self.items[index]
-        rng = _seeded_rng(self.seed, epoch, index)
-        pos_a, x_a, _ = self._frame_cloud(si, a, rng)
-        pos_b, x_b, _ = self._frame_cloud(si, b, rng)
-        _, ia, ib = np.intersect1d(_voxel_keys(pos_a, self.voxel_size), _voxel_keys(pos_b, self.voxel_size),
-                                   assume_unique=False, return_indices=True)
-        if len(ia) > self.num_matches:
-            pick = np.sort(rng.choice(len(ia), self.num_matches, replace=False))
-            ia, ib = ia[pick], ib[pick]
-        if self.rotate:
-            pos_a = _rotate_z(pos_a, rng.uniform(0, 2 * np.pi))
-            pos_b = _rotate_z(pos_b, rng.uniform(0, 2 * np.pi))
-        return {"pos_a": pos_a, "x_a": x_a, "pos_b": pos_b, "x_b": x_b, "m_a": ia.astype(np.int64),
-                "m_b": ib.astype(np.int64), "name": self.name(index)}
-
-
-@dataclass
-class PairBatch(_Batch):
-    """A batch of frame pairs: cloud ``2k`` is frame a of pair k, cloud ``2k + 1`` its frame b;
-    ``m_a[i]`` and ``m_b[i]`` index corresponding points (offset into the batch), grouped by pair
-    (``m_counts[k]`` of pair ``k``)."""
-
-    x: Tensor
-    pos: Tensor
-    batch: Tensor
-    m_a: Tensor
-    m_b: Tensor
-    m_counts: list[int] = field(default_factory=list)
-    names: list[str] = field(default_factory=list)
-    num_clouds: int = 0
-
-
-
-def collate_pairs(samples: list[dict]) -> PairBatch:
-    names = [s["name"] for s in samples]
-    if sum(len(s["m_a"]) for s in samples) == 0:
-        raise InputError(f"pre-training batch of {', '.join(names)}: no corresponding points left after "
-                         f"subsampling the points (max_points) - every pair of it is empty")
-    clouds = []
-    for s in samples:
-        clouds.append({"pos": s["pos_a"], "x": s["x_a"]})
-        clouds.append({"pos": s["pos_b"], "x": s["x_b"]})
-    x, pos, batch, offsets = _clouds(clouds)
-    m_a = torch.from_numpy(np.concatenate([s["m_a"] + offsets[2 * k] for k, s in enumerate(samples)]))
-    m_b = torch.from_numpy(np.concatenate([s["m_b"] + offsets[2 * k + 1] for k, s in enumerate(samples)]))
-    return PairBatch(x=x, pos=pos, batch=batch, m_a=m_a, m_b=m_b, m_counts=[len(s["m_a"]) for s in samples],
-                     names=names, num_clouds=len(clouds))
-
-
-# ---------------------------------------------------------------- loading
-
-
-class EpochSampler(DistributedSampler):
-    """:class:`~torch.utils.data.DistributedSampler` (seeded shuffle per epoch, one shard per rank, padded so
-    every rank gets as many items) that yields ``(epoch, index)`` keys, so an item's randomness follows the
-    epoch even in persistent workers. ``num_replicas=1, rank=0`` is the single-process case."""
-
-    def __iter__(self):
-        epoch = int(self.epoch)
-        for i in super().__iter__():
-            yield (epoch, int(i))
-
-
-def _worker_init(worker_id: int) -> None:
-    # Items draw from their own (seed, epoch, index) generators; seed the global ones anyway, and keep workers
-    # to one intra-op thread each (they only slice arrays).
-    import random
-
-    seed = torch.initial_seed() % 2 ** 32
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.set_num_threads(1)
-
-
-def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, workers: int, seed: int,
-                device: torch.device | str, rank: int = 0, world_size: int = 1, shuffle: bool = True,
-                prefetch_factor: int = 4) -> tuple[DataLoader, EpochSampler, torch.Generator]:
-    """DataLoader of ``dataset`` with its :class:`EpochSampler` and its seeded generator.
-
-    ``persistent_workers`` when ``workers > 0``, ``pin_memory`` on CUDA; call ``sampler.set_epoch(e)``
-    before each epoch.
-    """
-    collate = collate_pairs if isinstance(dataset, PairDataset) else collate_frames
-    sampler = EpochSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
-                           drop_last=False)
-    generator = torch.Generator()
-    generator.manual_seed(int(seed))
-    kwargs = {}
-    if workers > 0:
-        kwargs = {"persistent_workers": True, "prefetch_factor": int(prefetch_factor),
-                  "worker_init_fn": _worker_init}
-    loader = DataLoader(dataset, batch_size=int(batch_size), sampler=sampler, num_workers=int(workers),
-                        collate_fn=collate, pin_memory=torch.device(device).type == "cuda",
-                        generator=generator, drop_last=False, **kwargs)
-    return loader, sampler, generator
-
-
 def build_dataset(variant: str, corr_dir: Path, data_root: Path, features: FeatureCache | None,
                   scene_ids: list[str], pcfg: dict, seed: int, cross_frame: bool = False) -> _Base:
     """The dataset of ``variant`` from the ``pretrain`` params section ``pcfg``."""
     if variant in PAIR_VARIANTS:
+        from .pairs import PairDataset
+
         return PairDataset(corr_dir, data_root, scene_ids, pcfg["max_points"], pcfg["num_matches"], seed)
     if variant not in IMAGE_VARIANTS:
         raise InputError(f"pretrain.variants: expected one of {list(VARIANTS)}, got {variant!r}")
@@ -480,5 +335,13 @@ def build_dataset(variant: str, corr_dir: Path, data_root: Path, features: Featu
                         cross_frame=cross_frame)
 
 
-__all__ = ["EpochSampler", "FrameBatch", "FrameDataset", "PairBatch", "PairDataset", "VARIANTS",
-           "build_dataset", "collate_frames", "collate_pairs", "make_loader"]
+def collate_for(variant: str):
+    """The collate function of ``variant``'s dataset."""
+    if variant in PAIR_VARIANTS:
+        from .pairs import collate_pairs
+
+        return collate_pairs
+    return collate_frames
+
+
+__all__ = ["FrameBatch", "FrameDataset", "build_dataset", "collate_for", "collate_frames"]

@@ -44,7 +44,9 @@ from ..errors import InputError
 from ..losses import info_nce
 from ..models import Backbone, Encoded
 from ..tqm import Aggregation, FCExpand, TextQueryingModule
-from .data import IMAGE_VARIANTS, VARIANTS, FrameBatch, PairBatch
+from ..names import IMAGE_VARIANTS, VARIANTS
+from .data import FrameBatch
+from .pairs import PairBatch
 
 
 class PixelDecoder(nn.Module):
@@ -80,9 +82,8 @@ class Text4PointModel(nn.Module):
         self.variant = variant
         self.clip_dim = int(clip_dim)
         self.temperature = float(params["temperature"])
-        weights = params.get("loss_weights", {})
-        self.w_encoder = float(weights.get("encoder", 1.0))
-        self.w_decoder = float(weights.get("decoder", 1.0))
+        self.w_encoder = float(params["loss_weights"]["encoder"])
+        self.w_decoder = float(params["loss_weights"]["decoder"])
         d_b = backbone.bottleneck_dim
         self.fc = self.g2d = self.tqm = self.fc_text = self.aggregation = None
         if variant in IMAGE_VARIANTS:
@@ -96,10 +97,9 @@ class Text4PointModel(nn.Module):
             if t.dim() != 2 or t.size(1) != self.clip_dim:
                 raise InputError(f"text embeddings: expected shape [K, {self.clip_dim}], got {list(t.shape)}")
             self.register_buffer("text", t.clone(), persistent=False)
-            self.tqm = TextQueryingModule(self.clip_dim, int(params.get("tqm_heads", 4)))
+            self.tqm = TextQueryingModule(self.clip_dim, int(params["tqm_heads"]))
             self.fc_text = FCExpand(self.clip_dim, d_b)          # ĥ3D_text = FC(h3D_text)
-            self.aggregation = Aggregation(params.get("alpha", 1.0), params.get("beta", 1.0),
-                                           bool(params.get("learnable_aggregation", True)))
+            self.aggregation = Aggregation(params["alpha"], params["beta"], bool(params["learnable_aggregation"]))
 
     # ------------------------------------------------------------ features
 

@@ -30,41 +30,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..correspondences import voxelize
+from ..geometry import project, voxelize
 from ..labels import IGNORE_LABEL
-from ..scene import Dataset
+from ..metrics import confusion_matrix, iou_from_confusion
+from ..scene import Dataset, FrameDefect
 
 
-def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore: int = IGNORE_LABEL) -> np.ndarray:
-    """``[K, K]`` int64 counts, rows the ground truth, columns the prediction; ``ignore`` ground truth skipped.
-
-    Ground-truth ids outside ``[0, K)`` other than ``ignore`` are an error (they would silently vanish).
-    """
-    pred = np.asarray(pred, np.int64).reshape(-1)
-    gt = np.asarray(gt, np.int64).reshape(-1)
-    if pred.shape != gt.shape:
-        raise ValueError(f"pred and gt: expected equal lengths, got {pred.shape} and {gt.shape}")
-    keep = gt != ignore
-    pred, gt = pred[keep], gt[keep]
-    if len(gt) and (gt.min() < 0 or gt.max() >= num_classes):
-        raise ValueError(f"gt: expected class ids in [0, {num_classes}) or {ignore}, got {gt.min()}..{gt.max()}")
-    if len(pred) and (pred.min() < 0 or pred.max() >= num_classes):
-        raise ValueError(f"pred: expected class ids in [0, {num_classes}), got {pred.min()}..{pred.max()}")
-    return np.bincount(gt * num_classes + pred, minlength=num_classes * num_classes).reshape(num_classes,
-                                                                                          num_classes)
 
 
-def iou_from_confusion(conf: np.ndarray) -> tuple[float, list[float | None]]:
-    """(mIoU, per-class IoU); a class absent from both ground truth and prediction has IoU ``None`` and is
-    left out of the mean. mIoU is 0.0 when no class is defined (an empty evaluation)."""
-    conf = np.asarray(conf, np.int64)
-    tp = np.diag(conf).astype(np.float64)
-    fp = conf.sum(0) - tp
-    fn = conf.sum(1) - tp
-    denom = tp + fp + fn
-    ious = [float(t / d) if d > 0 else None for t, d in zip(tp, denom)]
-    defined = [v for v in ious if v is not None]
-    return (float(np.mean(defined)) if defined else 0.0), ious
 
 
 def voxel_cloud(xyz: np.ndarray, rgb: np.ndarray, voxel_size: float, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -146,9 +119,7 @@ def teacher_ceiling(data_root: Path, features, scene_ids: list[str], text: torch
     votes. Points no frame sees are left out (``coverage`` says how many were seen). Returns ``{"miou",
     "accuracy", "coverage", ...}`` like :func:`evaluate`.
     """
-    from ..clip.features import pixel_to_cell
-    from ..correspondences import project
-    from ..scene import FrameDefect
+    from ..clip.dense import pixel_to_cell
 
     ds = Dataset(data_root)
     classes = list(classes or ds.label_set.classes)
@@ -200,4 +171,4 @@ def teacher_ceiling(data_root: Path, features, scene_ids: list[str], text: torch
             "iou": dict(zip(classes, ious)), "coverage": seen_total / max(labelled_total, 1)}
 
 
-__all__ = ["confusion_matrix", "evaluate", "iou_from_confusion", "predict_points", "teacher_ceiling", "voxel_cloud"]
+__all__ = ["evaluate", "predict_points", "teacher_ceiling", "voxel_cloud"]

@@ -1,361 +1,29 @@
-"""Fine-tuning heads of the three downstream tasks, each with its loss and its inference.
-
-Every head takes what a backbone (:mod:`text4point.models`, PointNet++ or Point Transformer) gives,
-in PyTorch Geometric's batching convention (``pos`` ``N × 3`` in metres, ``batch`` ``N`` the cloud of
-each point, ``None`` meaning one cloud):
-
-- :class:`SemanticHead` (semantic segmentation): a per-point classifier on ``z3D``; cross-entropy
-  ignoring :data:`~text4point.labels.IGNORE_LABEL`.
-- :class:`InstanceHead` (instance segmentation, PointGroup, Jiang et al. 2020): per-point semantic
-  logits and a per-point offset to the centre of the point's instance, trained with PointGroup's
-  offset L1 and direction (negative cosine) losses; inference groups the shifted points
-  ``pos + offset`` of each predicted thing class by a radius graph and its connected components.
-- :class:`DetectionHead` (3D detection of axis-aligned boxes, VoteNet, Qi et al. 2019): seeds of an
-  intermediate encoder level vote for their object's centre; votes are sampled by farthest-point
-  sampling and grouped by a ball query into proposals that predict objectness, centre, size and
-  class; inference scores boxes by ``P(object) × P(class)`` and suppresses duplicates by 3D NMS.
-
-Inference returns, per cloud, exactly the prediction dictionaries that
-:func:`text4point.metrics.instance_ap` and :func:`text4point.metrics.detection_ap` take.
-Bad input raises ``ValueError`` with a one-line ``<argument>: expected <what>, got <what>``.
-"""
+"""3D object detection of axis-aligned boxes, VoteNet-style (Qi et al., 2019): seeds of an intermediate encoder
+level vote for their object's centre, votes are sampled by farthest-point sampling and grouped by a ball query
+into proposals that predict objectness, centre, size and class; decoded as VoteNet's ScanNet evaluation does
+(class-aware 3D NMS, objectness threshold, every box once per class) and scored by VoteNet's mAP at 3D IoU
+0.25 and 0.5 over the label set's thing classes."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
-import scipy.sparse
 import torch
 import torch.nn.functional as F
 import torch_cluster
-from scipy.sparse.csgraph import connected_components
 from torch import Tensor, nn
 from torch_geometric.nn import MLP
 from torch_geometric.utils import scatter
 
-from text4point.labels import IGNORE_LABEL
-from text4point.metrics import nms_3d
-from text4point.models.sampling import fps
+from ..geometry import nms_3d
+from ..metrics import detection_ap
+from ..models.sampling import fps
+from ._base import (Scorer, Task, check_batch, check_features, check_ids, none_to_zero, num_clouds_of, seed_values,
+                    top_view, zero_loss)
 
-# ---------------------------------------------------------------- input checks
-
-
-def _check_features(t: Tensor, name: str, dim: int | None, n: int | None = None) -> None:
-    """``t`` must be a floating ``[n, dim]`` tensor (``None`` = any size)."""
-    shape = f"[{'N' if n is None else n}, {'C' if dim is None else dim}]"
-    if not isinstance(t, Tensor):
-        raise ValueError(f"{name}: expected a tensor of shape {shape}, got {type(t).__name__}")
-    if t.dim() != 2 or (dim is not None and t.size(1) != dim) or (n is not None and t.size(0) != n):
-        raise ValueError(f"{name}: expected a tensor of shape {shape}, got {list(t.shape)}")
-    if not t.is_floating_point():
-        raise ValueError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
-
-
-def _check_ids(t: Tensor, name: str, n: int) -> None:
-    """``t`` must be an integer vector of length ``n``."""
-    if not isinstance(t, Tensor):
-        raise ValueError(f"{name}: expected an integer tensor of shape [{n}], got {type(t).__name__}")
-    if t.shape != (n,):
-        raise ValueError(f"{name}: expected an integer tensor of shape [{n}], got {list(t.shape)}")
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise ValueError(f"{name}: expected an integer tensor, got dtype {t.dtype}")
-
-
-def _check_labels(labels: Tensor, name: str, n: int, num_classes: int) -> Tensor:
-    """Semantic labels: integer ids in ``[0, num_classes)`` or ``IGNORE_LABEL``; returned as int64."""
-    _check_ids(labels, name, n)
-    labels = labels.long()
-    bad = (labels != IGNORE_LABEL) & ((labels < 0) | (labels >= num_classes))
-    if bool(bad.any()):
-        raise ValueError(f"{name}: expected class ids in [0, {num_classes}) or {IGNORE_LABEL} (ignored), got "
-                         f"{int(labels[bad][0])}")
-    return labels
-
-
-def _check_batch(batch: Tensor | None, name: str, n: int, device: torch.device,
-                 sorted_: bool = False) -> Tensor:
-    """A batch vector (``None`` → one cloud) of non-negative ids, optionally sorted as PyG packs it."""
-    if batch is None:
-        return torch.zeros(n, dtype=torch.long, device=device)
-    _check_ids(batch, name, n)
-    batch = batch.long()
-    if n and int(batch.min()) < 0:
-        raise ValueError(f"{name}: expected non-negative cloud indices, got {int(batch.min())}")
-    if sorted_ and n > 1 and bool((batch[1:] < batch[:-1]).any()):
-        raise ValueError(f"{name}: expected a sorted batch vector (clouds packed one after another, as PyG "
-                         f"does), got an unsorted one")
-    return batch
-
-
-def _num_clouds(batch: Tensor, num_clouds: int | None, name: str) -> int:
-    found = int(batch.max()) + 1 if batch.numel() else 0
-    if num_clouds is None:
-        return found
-    if num_clouds < found:
-        raise ValueError(f"num_clouds: expected at least {found} (the largest index in {name} + 1), got "
-                         f"{num_clouds}")
-    return int(num_clouds)
-
-
-def _semantic_loss(logits: Tensor, labels: Tensor, num_classes: int, name: str = "logits") -> Tensor:
-    """Mean cross-entropy over the points not labelled ``IGNORE_LABEL`` (0 when there is none)."""
-    _check_features(logits, name, num_classes)
-    labels = _check_labels(labels, "labels", logits.size(0), num_classes)
-    if not bool((labels != IGNORE_LABEL).any()):
-        return _zero(logits)
-    return F.cross_entropy(logits, labels, ignore_index=IGNORE_LABEL)
-
-
-def _zero(t: Tensor) -> Tensor:
-    """A zero loss that stays in ``t``'s graph (so ``backward`` works when nothing is supervised)."""
-    return t.sum() * 0.0
-
-
-def _local_index(batch: Tensor, num_clouds: int) -> Tensor:
-    """Index of each point within its own cloud (its rank among the points of its cloud)."""
-    counts = torch.bincount(batch, minlength=num_clouds)
-    starts = torch.cumsum(counts, 0) - counts
-    order = torch.argsort(batch, stable=True)
-    local = torch.empty_like(batch)
-    local[order] = torch.arange(batch.numel(), device=batch.device) - starts[batch[order]]
-    return local
-
-
-def seed_values(values: Tensor, pos: Tensor, batch: Tensor | None, seed_pos: Tensor,
-                seed_batch: Tensor | None) -> Tensor:
-    """Per-point ``values`` (e.g. instance ids) carried to seeds: each seed takes its nearest input point's.
-
-    Seeds of a PointNet++ level are input points (farthest-point samples of samples), so the nearest
-    point is the seed itself; this is how the engine gets ``seed_instances`` for
-    :meth:`DetectionHead.loss` from the per-point instance ids.
-    """
-    _check_features(pos, "pos", 3)
-    n = pos.size(0)
-    if not isinstance(values, Tensor) or values.dim() == 0 or values.size(0) != n:
-        got = list(values.shape) if isinstance(values, Tensor) else type(values).__name__
-        raise ValueError(f"values: expected a tensor with one row per point ({n}), got {got}")
-    _check_features(seed_pos, "seed_pos", 3)
-    batch = _check_batch(batch, "batch", n, pos.device)
-    seed_batch = _check_batch(seed_batch, "seed_batch", seed_pos.size(0), pos.device)
-    if seed_pos.size(0) == 0:
-        return values[:0]
-    assign = torch_cluster.knn(pos, seed_pos, 1, batch, seed_batch)  # (seed, point)
-    if assign.size(1) != seed_pos.size(0):
-        raise ValueError("seed_batch: expected every seed's cloud to hold input points, got a seed in a cloud "
-                         "without any")
-    index = torch.empty(seed_pos.size(0), dtype=torch.long, device=pos.device)
-    index[assign[0]] = assign[1]
-    return values[index]
-
-
-# ---------------------------------------------------------------- semantic segmentation
-
-
-class SemanticHead(nn.Module):
-    """Per-point classifier on ``z3D``: a linear layer, or a two-layer MLP when ``hidden_dim > 0``.
-
-    Args:
-        in_dim: channels of ``z3D`` (the backbone's ``out_dim``).
-        num_classes: classes of the label set (K); labels are ids in ``[0, K)`` or ``IGNORE_LABEL``.
-        hidden_dim: hidden width of an MLP classifier (Linear-BN-ReLU-Linear); 0 for a linear one.
-        dropout: dropout before the last layer of the MLP classifier.
-    """
-
-    def __init__(self, in_dim: int, num_classes: int, hidden_dim: int = 0, dropout: float = 0.0):
-        super().__init__()
-        self.in_dim, self.num_classes = int(in_dim), int(num_classes)
-        if self.num_classes < 1 or self.in_dim < 1:
-            raise ValueError(f"in_dim, num_classes: expected positive integers, got {in_dim}, {num_classes}")
-        if hidden_dim:
-            self.classifier = MLP([self.in_dim, int(hidden_dim), self.num_classes], dropout=dropout)
-        else:
-            self.classifier = nn.Linear(self.in_dim, self.num_classes)
-
-    def forward(self, z: Tensor) -> Tensor:
-        """Class logits (``N × K``) of the per-point features ``z`` (``N × in_dim``)."""
-        _check_features(z, "z", self.in_dim)
-        return self.classifier(z)
-
-    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """Mean cross-entropy over the points whose label is not ``IGNORE_LABEL`` (0 if there is none)."""
-        return _semantic_loss(logits, labels, self.num_classes)
-
-    @staticmethod
-    def predict(logits: Tensor) -> Tensor:
-        """Predicted class of each point (``N``, int64)."""
-        return logits.argmax(1)
-
-
-# ---------------------------------------------------------------- instance segmentation
-
-
-class InstanceOutput(NamedTuple):
-    """What :class:`InstanceHead` predicts per point: ``sem_logits`` (``N × K``), ``offsets`` (``N × 3``)."""
-
-    sem_logits: Tensor
-    offsets: Tensor
-
-
-class InstanceHead(nn.Module):
-    """PointGroup's semantic and offset branches on ``z3D``, its offset losses and its clustering.
-
-    - Semantic branch: a linear classifier (``N × K`` logits).
-    - Offset branch: Linear-BN-ReLU-Linear to a 3D vector per point, the shift from the point to the
-      centre of its instance, the centre being the mean of the instance's points (as PointGroup).
-
-    Args:
-        in_dim: channels of ``z3D``.
-        num_classes: classes of the label set (K).
-        hidden_dim: hidden width of the offset branch (default ``in_dim``).
-        semantic_weight, offset_weight, direction_weight: weights of the three terms of the total loss
-            (PointGroup sums them with weight 1).
-    """
-
-    def __init__(self, in_dim: int, num_classes: int, hidden_dim: int | None = None,
-                 semantic_weight: float = 1.0, offset_weight: float = 1.0, direction_weight: float = 1.0):
-        super().__init__()
-        self.in_dim, self.num_classes = int(in_dim), int(num_classes)
-        if self.num_classes < 1 or self.in_dim < 1:
-            raise ValueError(f"in_dim, num_classes: expected positive integers, got {in_dim}, {num_classes}")
-        hidden = self.in_dim if hidden_dim is None else int(hidden_dim)
-        self.semantic = nn.Linear(self.in_dim, self.num_classes)
-        self.offset = MLP([self.in_dim, hidden, 3])
-        self.weights = {"semantic": float(semantic_weight), "offset_l1": float(offset_weight),
-                        "offset_dir": float(direction_weight)}
-
-    def forward(self, z: Tensor) -> InstanceOutput:
-        """Semantic logits (``N × K``) and offsets to the instance centre (``N × 3``, metres) of ``z``."""
-        _check_features(z, "z", self.in_dim)
-        return InstanceOutput(self.semantic(z), self.offset(z))
-
-    def loss(self, pos: Tensor, batch: Tensor | None, sem_logits: Tensor, offsets: Tensor, labels: Tensor,
-             instances: Tensor) -> dict[str, Tensor]:
-        """PointGroup's losses; returns ``{"loss", "semantic", "offset_l1", "offset_dir"}``.
-
-        - ``semantic``: cross-entropy over the points not labelled ``IGNORE_LABEL``;
-        - ``offset_l1``: ``Σ_i ‖o_i − (c_i − p_i)‖₁ / n``, over the ``n`` points with an instance
-          (``instances > 0``; ids are per cloud, 0 or negative = none), ``c_i`` the mean position of
-          the points of ``i``'s instance in ``i``'s cloud;
-        - ``offset_dir``: ``−Σ_i cos(o_i, c_i − p_i) / n`` over the same points (in ``[−1, 1]``).
-
-        Terms without a supervised point are 0; ``loss`` is their weighted sum.
-        """
-        _check_features(pos, "pos", 3)
-        n = pos.size(0)
-        batch = _check_batch(batch, "batch", n, pos.device)
-        _check_features(sem_logits, "sem_logits", self.num_classes, n)
-        _check_features(offsets, "offsets", 3, n)
-        _check_ids(instances, "instances", n)
-        semantic = _semantic_loss(sem_logits, labels, self.num_classes, "sem_logits")
-
-        valid = instances > 0
-        if bool(valid.any()):
-            inst = instances[valid].long()
-            key = batch[valid] * (int(inst.max()) + 1) + inst
-            _, group = torch.unique(key, return_inverse=True)
-            p = pos[valid].detach()
-            centre = scatter(p, group, 0, reduce="mean")
-            target = centre[group] - p
-            pred = offsets[valid]
-            offset_l1 = (pred - target).abs().sum(1).mean()
-            cos = (F.normalize(pred, dim=1, eps=1e-8) * F.normalize(target, dim=1, eps=1e-8)).sum(1)
-            offset_dir = -cos.mean()
-        else:
-            offset_l1 = offset_dir = _zero(offsets)
-        terms = {"semantic": semantic, "offset_l1": offset_l1, "offset_dir": offset_dir}
-        total = sum(self.weights[k] * v for k, v in terms.items())
-        return {"loss": total, **terms}
-
-    @torch.no_grad()
-    def predict(self, pos: Tensor, batch: Tensor | None, sem_logits: Tensor, offsets: Tensor,
-                thing_ids: Sequence[int], radius: float = 0.05, min_points: int = 20,
-                max_neighbors: int | None = None, num_clouds: int | None = None) -> list[dict]:
-        """Instance proposals of each cloud by PointGroup's clustering of the shifted points.
-
-        Each point takes its arg-max class; for each cloud and each class of ``thing_ids``, the shifted
-        points ``pos + offsets`` of that class are linked when closer than ``radius`` (a
-        :func:`torch_cluster.radius_graph`), and each connected component of at least ``min_points``
-        points is a proposal, scored by the mean probability of its class over its points (PointGroup's
-        clustering on the shifted set, without its second clustering on the original coordinates and
-        without ScoreNet). Points of other classes form no proposal.
-
-        ``max_neighbors`` caps the neighbours found per point (``None``: no cap, so the components are
-        exact; a cap bounds memory on dense clusters but may split them). The clustering runs on the CPU.
-
-        Returns one dictionary per cloud (``num_clouds``, default the largest batch index + 1):
-        ``{"masks": [int64 arrays of point indices *within the cloud*], "classes": (P,) int64,
-        "scores": (P,) float64}``, proposals in decreasing score: the ``preds[s]`` of
-        :func:`text4point.metrics.instance_ap`.
-        """
-        _check_features(pos, "pos", 3)
-        n = pos.size(0)
-        batch = _check_batch(batch, "batch", n, pos.device)
-        _check_features(sem_logits, "sem_logits", self.num_classes, n)
-        _check_features(offsets, "offsets", 3, n)
-        things = np.asarray(thing_ids, dtype=np.int64).reshape(-1) if len(thing_ids) else np.zeros(0, np.int64)
-        if len(things) and (things.min() < 0 or things.max() >= self.num_classes):
-            raise ValueError(f"thing_ids: expected class ids in [0, {self.num_classes}), got {things.tolist()}")
-        if not radius > 0:
-            raise ValueError(f"radius: expected a positive distance in metres, got {radius!r}")
-        if int(min_points) < 1:
-            raise ValueError(f"min_points: expected a positive integer, got {min_points!r}")
-        if max_neighbors is not None and int(max_neighbors) < 1:
-            raise ValueError(f"max_neighbors: expected a positive integer or None, got {max_neighbors!r}")
-        b = _num_clouds(batch, num_clouds, "batch")
-        out = [{"masks": [], "classes": np.zeros(0, np.int64), "scores": np.zeros(0, np.float64)}
-               for _ in range(b)]
-
-        k = self.num_classes
-        probs = torch.softmax(sem_logits.detach().float(), 1).cpu()
-        conf, cls = probs.max(1)
-        batch_c = batch.cpu()
-        local = _local_index(batch_c, b)
-        is_thing = torch.zeros(k, dtype=torch.bool)
-        is_thing[torch.from_numpy(things)] = True
-        sel = torch.nonzero(is_thing[cls]).view(-1)
-        if not sel.numel():
-            return out
-        group = batch_c[sel] * k + cls[sel]  # one clustering per (cloud, class)
-        order = torch.argsort(group, stable=True)
-        sel, group = sel[order], group[order]
-        _, group, sizes = torch.unique_consecutive(group, return_inverse=True, return_counts=True)
-        shifted = (pos.detach().float() + offsets.detach().float()).cpu()[sel]
-        cap = int(sizes.max()) if max_neighbors is None else int(max_neighbors)
-        edges = torch_cluster.radius_graph(shifted, float(radius), group, loop=False, max_num_neighbors=cap)
-        m = sel.numel()
-        graph = scipy.sparse.coo_matrix((np.ones(edges.size(1), np.int8), (edges[0].numpy(), edges[1].numpy())),
-                                        shape=(m, m))
-        _, comp = connected_components(graph, directed=False)  # components never cross (cloud, class) groups
-        comp = torch.from_numpy(comp).long()
-        count = torch.bincount(comp)
-        score = torch.bincount(comp, weights=conf[sel].double()) / count
-        keep = torch.nonzero(count >= int(min_points)).view(-1)
-        if not keep.numel():
-            return out
-        first = torch.full((count.numel(),), m, dtype=torch.long).scatter_reduce(
-            0, comp, torch.arange(m), reduce="amin")
-        comp_cls, comp_cloud = cls[sel][first], batch_c[sel][first]
-        members = torch.argsort(comp, stable=True)
-        starts = (torch.cumsum(count, 0) - count).tolist()
-        point_local = local[sel][members].numpy()
-        # proposals by cloud, then decreasing score (stable: component order on ties)
-        keep = keep.numpy()[np.lexsort((-score[keep].numpy(), comp_cloud[keep].numpy()))]
-        classes, scores = [[] for _ in range(b)], [[] for _ in range(b)]
-        for c in keep.tolist():
-            cloud = int(comp_cloud[c])
-            out[cloud]["masks"].append(np.sort(point_local[starts[c]:starts[c] + int(count[c])]).astype(np.int64))
-            classes[cloud].append(int(comp_cls[c]))
-            scores[cloud].append(float(score[c]))
-        for cloud, o in enumerate(out):
-            o["classes"] = np.asarray(classes[cloud], dtype=np.int64)
-            o["scores"] = np.asarray(scores[cloud], dtype=np.float64)
-        return out
-
-
-# ---------------------------------------------------------------- 3D object detection
+DRAW_MIN_SCORE = 0.3  # predicted boxes drawn in the figures
 
 
 @dataclass
@@ -466,8 +134,8 @@ class DetectionHead(nn.Module):
 
     def vote(self, seed_feat: Tensor, seed_pos: Tensor) -> tuple[Tensor, Tensor]:
         """Each seed's vote: its position (``S × 3``) and its normalised feature (``S × seed_dim``)."""
-        _check_features(seed_feat, "seed_feat", self.seed_dim)
-        _check_features(seed_pos, "seed_pos", 3, seed_feat.size(0))
+        check_features(seed_feat, "seed_feat", self.seed_dim)
+        check_features(seed_pos, "seed_pos", 3, seed_feat.size(0))
         out = self.vote_mlp(seed_feat)
         return seed_pos + out[:, :3], F.normalize(seed_feat + out[:, 3:], dim=1)
 
@@ -476,10 +144,10 @@ class DetectionHead(nn.Module):
 
         ``batch`` (the votes' clouds, i.e. the seeds') must be sorted, as PyG packs clouds.
         """
-        _check_features(vote_feat, "vote_feat", self.seed_dim)
+        check_features(vote_feat, "vote_feat", self.seed_dim)
         s = vote_feat.size(0)
-        _check_features(vote_pos, "vote_pos", 3, s)
-        batch = _check_batch(batch, "seed_batch", s, vote_pos.device, sorted_=True)
+        check_features(vote_pos, "vote_pos", 3, s)
+        batch = check_batch(batch, "seed_batch", s, vote_pos.device, sorted_=True)
         if s == 0:
             raise ValueError("seed_feat: expected at least one seed, got 0")
         deg = torch.bincount(batch)
@@ -612,7 +280,7 @@ class DetectionHead(nn.Module):
         if isinstance(gt_boxes, Sequence) and not isinstance(gt_boxes, Mapping) and len(gt_boxes) > num_clouds:
             num_clouds = len(gt_boxes)  # trailing clouds without seeds
         if seed_instances is not None:
-            _check_ids(seed_instances, "seed_instances", s)
+            check_ids(seed_instances, "seed_instances", s)
         elif out.seed_pos is None:
             raise ValueError("seed_instances: expected per-seed instance ids when out has no seed_pos, got None")
         device = out.center.device
@@ -625,7 +293,7 @@ class DetectionHead(nn.Module):
         if bool(voting.any()):
             vote = (out.vote_pos[voting] - centers[target[voting]]).abs().sum(1).mean()
         else:
-            vote = _zero(out.vote_pos)
+            vote = zero_loss(out.vote_pos)
 
         # objectness: distance of each proposal to the nearest GT centre of its cloud
         p = out.proposal_pos.size(0)
@@ -652,7 +320,7 @@ class DetectionHead(nn.Module):
                                     reduction="none").sum(1).mean()
             cls = F.cross_entropy(out.class_logits[positive], classes[a])
         else:
-            center, size, cls = _zero(out.center), _zero(out.log_size), _zero(out.class_logits)
+            center, size, cls = zero_loss(out.center), zero_loss(out.log_size), zero_loss(out.class_logits)
         terms = {"vote": vote, "objectness": objectness, "center": center, "size": size, "class": cls}
         total = sum(self.weights[k] * v for k, v in terms.items())
         return {"loss": total, **terms, "positives": positive.sum()}
@@ -676,14 +344,14 @@ class DetectionHead(nn.Module):
         ``pred_boxes[s]`` of :func:`text4point.metrics.detection_ap`.
         """
         p = out.proposal_batch.numel()
-        _check_features(out.objectness_logits, "out.objectness_logits", 2, p)
-        _check_features(out.center, "out.center", 3, p)
-        _check_features(out.log_size, "out.log_size", 3, p)
-        _check_features(out.class_logits, "out.class_logits", self.num_classes, p)
+        check_features(out.objectness_logits, "out.objectness_logits", 2, p)
+        check_features(out.center, "out.center", 3, p)
+        check_features(out.log_size, "out.log_size", 3, p)
+        check_features(out.class_logits, "out.class_logits", self.num_classes, p)
         if not 0.0 <= float(iou_threshold) <= 1.0:
             raise ValueError(f"iou_threshold: expected a value in [0, 1], got {iou_threshold!r}")
         batch = out.proposal_batch.long()
-        b = _num_clouds(batch, num_clouds, "out.proposal_batch")
+        b = num_clouds_of(batch, num_clouds, "out.proposal_batch")
         obj = torch.softmax(out.objectness_logits.float(), 1)[:, 1].double().cpu().numpy()
         prob = torch.softmax(out.class_logits.float(), 1).double().cpu().numpy()
         cls = prob.argmax(1).astype(np.int64)
@@ -705,4 +373,69 @@ class DetectionHead(nn.Module):
         return results
 
 
-__all__ = ["DetectionHead", "DetectionOutput", "InstanceHead", "InstanceOutput", "SemanticHead", "seed_values"]
+class _DetectionScorer(Scorer):
+    def __init__(self, label_set, ft: dict):
+        self.names, self.things = list(label_set.classes), list(label_set.thing_ids)
+        self.nms_iou = float(ft["det"]["nms_iou"])
+        self.preds, self.gts = [], []
+
+    def add(self, cloud, view, out, head, batch) -> dict:
+        got = head.predict(out["det"], iou_threshold=self.nms_iou, num_clouds=1)[0]
+        boxes = np.asarray(got["boxes"], np.float64).reshape(-1, 6).copy()
+        boxes[:, :3] += view["centre"]
+        self.preds.append({"boxes": boxes, "classes": got["classes"], "scores": got["scores"]})
+        self.gts.append({"boxes": cloud.boxes, "classes": cloud.box_classes})
+        return {"boxes": boxes, "box_classes": np.asarray(got["classes"], np.int64),
+                "box_scores": np.asarray(got["scores"], np.float64)}
+
+    def result(self) -> dict:
+        m = detection_ap(self.preds, self.gts, (0.25, 0.5), class_names=[self.names[c] for c in self.things],
+                         class_ids=self.things)
+        return none_to_zero({"map25": m["map"]["0.25"], "map50": m["map"]["0.5"], "per_class": m["ap"]["0.25"]},
+                            ("map25", "map50"))
+
+
+class Det(Task):
+    name = "det"
+    title = "3D object detection"
+    metrics = {"map25": "mAP@0.25", "map50": "mAP@0.5"}
+    primary = "map25"
+    prediction_keys = ("boxes", "box_classes", "box_scores")
+
+    def head(self, in_dim: int, num_classes: int, ft: dict) -> nn.Module:
+        return DetectionHead(in_dim, num_classes, num_proposals=int(ft["det"]["num_proposals"]),
+                             radius=float(ft["det"]["radius"]))
+
+    def forward(self, head, z, encoded, pos, batch) -> dict:
+        # seeds: the first set-abstraction level's points (a quarter of the voxels) carrying their z3D
+        seed_pos, seed_batch = encoded.poss[1], encoded.batches[1]
+        seed_feat = seed_values(z, pos, batch, seed_pos, seed_batch)
+        return {"det": head(seed_feat, seed_pos, seed_batch), "seed_pos": seed_pos, "seed_batch": seed_batch}
+
+    def loss(self, head, out, batch) -> dict:
+        gts = [{"centers": b[:, :3], "sizes": b[:, 3:], "classes": c, "instances": i}
+               for b, c, i in zip(batch.boxes, batch.box_classes, batch.box_instances)]
+        seed_inst = seed_values(batch.instance, batch.pos, batch.batch, out["seed_pos"], out["seed_batch"])
+        terms = head.loss(out["det"], gts, seed_inst)
+        return {k: v for k, v in terms.items() if k != "positives"}
+
+    def scorer(self, label_set, ft: dict) -> Scorer:
+        return _DetectionScorer(label_set, ft)
+
+    def draw(self, ax, pts, pred, scene, label_set, class_colours) -> None:
+        import matplotlib.pyplot as plt
+
+        top_view(ax, pts["xyz"], pts["rgb"] / 255.0)
+        if pred is None:
+            boxes = [(b["center"], b["size"], b["semantic"]) for b in scene.boxes()]
+        else:
+            boxes = [(b[:3], b[3:], c) for b, c, s in zip(pred["boxes"], pred["box_classes"], pred["box_scores"])
+                     if s >= DRAW_MIN_SCORE]
+        for (cx, cy, _), (sx, sy, _), cls in boxes:
+            ax.add_patch(plt.Rectangle((cx - sx / 2, cy - sy / 2), sx, sy, fill=False, lw=1,
+                                       ec=class_colours[int(cls) % len(class_colours)]))
+
+
+TASK = Det()
+
+__all__ = ["DetectionHead", "DetectionOutput", "TASK"]

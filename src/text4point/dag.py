@@ -1,0 +1,163 @@
+"""The pipeline's DAG as the package defines it, read by Snakemake (``workflow/rules/common.smk``) and by the
+generator of ``dvc.yaml``, so that the two cannot drift:
+
+- :data:`COMMANDS`: the ``text4point`` subcommand each rule runs;
+- :func:`rule_params`: the params (sections or dotted keys) each rule passes its command (``--params-json``),
+  which is also the params trigger of its jobs and the ``params:`` of its DVC stage;
+- :func:`code_files`: the source files a command imports, computed from the package by walking its import
+  statements (module level and inside functions) from the command's function in ``cli.py``; a rule depends on
+  them, so a change to a module reruns exactly the jobs whose command can run it, and their descendants.
+
+The registry :mod:`text4point.tasks` imports its task modules by name (``importlib``); importing it counts as
+importing all of them. Package data read at run time is listed in :data:`DATA_FILES`.
+"""
+
+from __future__ import annotations
+
+import ast
+from functools import lru_cache
+from pathlib import Path
+
+PACKAGE = "text4point"
+SRC = Path(__file__).resolve().parent          # src/text4point
+ROOT = SRC.parents[1]                           # the repository
+COMMANDS = {"data": "data", "show": "show", "clip_bootstrap": "clip-bootstrap", "correspondences": "correspondences",
+            "clip_features": "clip-features", "pretrain": "pretrain", "finetune": "finetune", "tables": "tables",
+            "figures": "figures"}
+DYNAMIC = {f"{PACKAGE}.tasks"}                  # packages that import every submodule by name
+DATA_FILES = {f"{PACKAGE}.clip.load": ("clip/model_configs/*.json",)}
+# the list-valued keys that only say which jobs exist: a job does not read them, so changing them reruns nothing
+JOB_LISTS = {"pretrain": ("variants",), "finetune": ("tasks", "inits", "seeds", "label_fractions")}
+
+
+def _job_keys(section: str) -> list[str]:
+    """``section.<key>`` for every key of a params section but its job lists (from the schema)."""
+    from .params import schema
+
+    keys = schema()["properties"][section]["properties"]
+    return [f"{section}.{k}" for k in keys if k not in JOB_LISTS.get(section, ())]
+
+
+def rule_params(rule: str) -> list[str]:
+    """The params sections and dotted keys rule ``rule`` passes its command."""
+    fixed = {
+        "data": ["seed", "data", "tracking"],
+        "show": ["show"],
+        "clip_bootstrap": ["seed", "clip.model", "clip.pretrained", "clip.templates", "clip.bootstrap", "tracking"],
+        "correspondences": ["seed", "correspondences", "tracking"],
+        "clip_features": ["seed", "clip", "correspondences.frame_skip", "tracking"],
+        "tables": ["finetune", "pretrain", "tracking"],
+        "figures": ["finetune"],
+    }
+    if rule == "pretrain":
+        return ["seed", *_job_keys("pretrain"), "clip", "correspondences", "tracking"]
+    if rule == "finetune":
+        return ["seed", *_job_keys("finetune"), *_job_keys("pretrain"), "clip", "correspondences.voxel_size",
+                "tracking"]
+    return fixed[rule]
+
+
+# ---------------------------------------------------------------- code dependencies
+
+
+def _module_path(name: str) -> Path | None:
+    """The source file of package module ``name`` (a package's ``__init__.py``), or None."""
+    rel = name.split(".")[1:]
+    base = SRC.joinpath(*rel)
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py")
+    if (base / "__init__.py").is_file():
+        return base / "__init__.py"
+    return None
+
+
+def _is_package(name: str) -> bool:
+    return (SRC.joinpath(*name.split(".")[1:]) / "__init__.py").is_file()
+
+
+def _resolve(module: str, node: ast.ImportFrom | ast.Import) -> list[str]:
+    """Package modules an import statement in ``module`` loads."""
+    out = []
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names if a.name == PACKAGE or a.name.startswith(PACKAGE + ".")]
+    if node.level:
+        parts = module.split(".")
+        base_parts = parts if _is_package(module) else parts[:-1]
+        base_parts = base_parts[:len(base_parts) - (node.level - 1)]
+        base = ".".join(base_parts + ([node.module] if node.module else []))
+    else:
+        base = node.module or ""
+    if not (base == PACKAGE or base.startswith(PACKAGE + ".")):
+        return out
+    out.append(base)
+    for alias in node.names:  # `from .clip import bootstrap` imports the submodule
+        if _module_path(f"{base}.{alias.name}") is not None:
+            out.append(f"{base}.{alias.name}")
+    return out
+
+
+@lru_cache(maxsize=None)
+def _imports(module: str) -> tuple[str, ...]:
+    path = _module_path(module)
+    if path is None:
+        return ()
+    tree = ast.parse(path.read_text())
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found += _resolve(module, node)
+    if module in DYNAMIC:
+        pkg_dir = path.parent
+        found += [f"{module}.{p.stem}" for p in sorted(pkg_dir.glob("*.py")) if p.stem != "__init__"]
+    return tuple(dict.fromkeys(found))
+
+
+def _parents(module: str) -> list[str]:
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def module_closure(entry: list[str], opaque: tuple[str, ...] = ()) -> set[str]:
+    """Every package module that importing ``entry`` can load (with the packages that contain them); the
+    imports of the ``opaque`` modules are not followed (the caller listed the ones that matter)."""
+    seen: set[str] = set()
+    todo = list(entry)
+    while todo:
+        m = todo.pop()
+        if m in seen or _module_path(m) is None:
+            continue
+        seen.add(m)
+        todo += _parents(m) + ([] if m in opaque else list(_imports(m)))
+    return seen
+
+
+def _command_entry(command: str) -> list[str]:
+    """The modules the CLI's ``cmd_<command>`` imports, plus what ``cli.py`` imports outside any command."""
+    cli = f"{PACKAGE}.cli"
+    tree = ast.parse(_module_path(cli).read_text())
+    fname = "cmd_" + command.replace("-", "_")
+    entry = [cli]
+    found = False
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("cmd_") and node.name != fname:
+            continue  # another command's imports
+        found |= isinstance(node, ast.FunctionDef) and node.name == fname
+        for sub in ast.walk(node):
+            if isinstance(sub, (ast.Import, ast.ImportFrom)):
+                entry += _resolve(cli, sub)
+    if not found:
+        raise KeyError(f"cli.py has no function {fname} for command {command!r}")
+    return entry
+
+
+def code_files(rule: str) -> list[str]:
+    """Repository-relative source files (and package data) the command of ``rule`` can run, sorted."""
+    mods = module_closure(_command_entry(COMMANDS[rule]), opaque=(f"{PACKAGE}.cli",))
+    files = {str(_module_path(m).relative_to(ROOT)) for m in mods}
+    for m in mods:
+        for pattern in DATA_FILES.get(m, ()):
+            files |= {str(p.relative_to(ROOT)) for p in SRC.glob(pattern)}
+    return sorted(files)
+
+
+__all__ = ["COMMANDS", "code_files", "module_closure", "rule_params"]
