@@ -1,6 +1,6 @@
 """Speed of the clip_features stage: the full caching path against the bare model forward, in one run.
 
-(a) bare forward: ``features.dense_features`` on frames decoded, preprocessed and batched beforehand;
+(a) bare forward: ``dense.dense_features`` on frames decoded, preprocessed and batched beforehand;
 (b) full path: ``features.cache_features`` on the same frames - DataLoader workers decoding and preprocessing
     in parallel, the forward, fp16 conversion and the memmap writes (``features.npy``, ``frames.npy``, ``grid.json``).
 
@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from text4point import params as P  # noqa: E402
-from text4point.clip import features  # noqa: E402
+from text4point.clip import dense, features  # noqa: E402
 from text4point.clip.load import build_model, load_clip, wrap_model  # noqa: E402
 from text4point.fsutil import write_json, write_text  # noqa: E402
 from text4point.runtime import device as pick_device  # noqa: E402
@@ -85,7 +85,7 @@ def main() -> None:
     scene_ids = ds.split("train")[: args.scenes]
     frames = {s: sampled_frames(ds.scene(s).num_frames, args.frame_skip) for s in scene_ids}
     n_frames = sum(len(v) for v in frames.values())
-    input_size = features.dense_input_size(handle, ds.scene(scene_ids[0]).meta["color_size"])
+    input_size = dense.dense_input_size(handle, ds.scene(scene_ids[0]).meta["color_size"])
 
     # (a) inputs decoded, preprocessed and batched beforehand
     decoded = []
@@ -93,17 +93,17 @@ def main() -> None:
         scene = ds.scene(s)
         for f in frames[s]:
             try:
-                decoded.append(features.frame_tensor(scene, f, input_size, handle.mean, handle.std))
+                decoded.append(dense.frame_tensor(scene, f, input_size, handle.mean, handle.std))
             except FrameDefect:
                 pass
     batches = [torch.stack(decoded[i:i + bs]).to(dev) for i in range(0, len(decoded), bs)]
-    features.dense_features(handle, batches[0])  # warm-up (allocator, kernels)
+    dense.dense_features(handle, batches[0])  # warm-up (allocator, kernels)
     bare = []
     for _ in range(args.repeats):
         _sync(dev)
         t0 = time.perf_counter()
         for b in batches:
-            features.dense_features(handle, b)
+            dense.dense_features(handle, b)
         _sync(dev)
         bare.append(time.perf_counter() - t0)
 

@@ -79,10 +79,11 @@ def make_inputs(cfg: dict, root: Path) -> dict:
 
 
 def _setup(cfg: dict, paths: dict, variant: str, workers: int, dev: torch.device):
-    from text4point.clip.features import load_features
-    from text4point.pretrain.data import build_dataset, make_loader
-    from text4point.pretrain.engine import build_model, build_optimizer, clip_identity, cosine_schedule
+    from text4point.clip.cache import load_features
+    from text4point.pretrain.data import build_dataset, collate_for
+    from text4point.pretrain.engine import build_model, clip_identity
     from text4point.scene import Dataset
+    from text4point.training import make_loader, make_optimizer, warmup_cosine
 
     pc = cfg["pretrain"]
     ident = clip_identity(cfg, paths["feat"], paths.get("clip_checkpoint"))
@@ -90,15 +91,19 @@ def _setup(cfg: dict, paths: dict, variant: str, workers: int, dev: torch.device
     ds = Dataset(paths["world"])
     text = torch.as_tensor(fc.text()[ds.label_set.name]["prompt_embeddings"]).float()
     dataset = build_dataset(variant, paths["corr"], paths["world"], fc, ds.split("train"), pc, int(cfg["seed"]))
-    loader, sampler, _ = make_loader(dataset, int(pc["batch_size"]), workers, int(cfg["seed"]), dev)
+    loader, sampler, _ = make_loader(dataset, collate_for(variant), int(pc["batch_size"]), workers, int(cfg["seed"]),
+                                     dev)
     model = build_model(cfg, variant, int(text.shape[1]), text if variant == "text4point" else None).to(dev)
-    opt = build_optimizer(model, pc)
-    sched = cosine_schedule(opt, 10 ** 6)
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], pc["optimizer"], pc["lr"],
+                         pc["weight_decay"], pc["momentum"])
+    sched = warmup_cosine(pc["lr"], 10 ** 6)
     return dataset, loader, sampler, model, opt, sched
 
 
-def _train_step(model, opt, sched, batch, grad_clip: float, dev) -> tuple[float, float, float]:
+def _train_step(model, opt, sched, batch, grad_clip: float, dev, step: int = 0) -> tuple[float, float, float]:
     t0 = time.perf_counter()
+    for g in opt.param_groups:
+        g["lr"] = sched(step)
     losses = model(batch)
     _sync(dev)
     t1 = time.perf_counter()
@@ -109,7 +114,6 @@ def _train_step(model, opt, sched, batch, grad_clip: float, dev) -> tuple[float,
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     opt.step()
-    sched.step()
     _sync(dev)
     return t1 - t0, t2 - t1, time.perf_counter() - t2
 
@@ -161,7 +165,7 @@ def step_breakdown(cfg: dict, paths: dict, steps: int, dev: torch.device) -> dic
 
 def throughput_child(args) -> None:
     """In a fresh process: steps of one (backbone, width) on pre-made batches; prints one JSON line."""
-    from text4point.correspondences import cpu_threads
+    from text4point.runtime import cpu_threads
     from text4point.runtime import device
 
     spec = json.loads(args.child)
@@ -240,7 +244,7 @@ def throughput(cfg: dict, paths: dict, steps: int, repeats: int) -> list[dict]:
 
 
 def epoch_scaling(cfg: dict, paths: dict, repeats: int) -> dict:
-    from text4point.pretrain.engine import run_stage
+    from text4point.pretrain import PretrainJob, run_stage
 
     rows = []
     for size in SIZES:
@@ -249,9 +253,9 @@ def epoch_scaling(cfg: dict, paths: dict, repeats: int) -> dict:
         secs, pts = [], []
         for rep in range(repeats):
             with tempfile.TemporaryDirectory() as tmp:
-                m = run_stage(c, paths["world"], paths["corr"], paths["feat"], "text4point", Path(tmp) / "final.pt",
-                              None, progress=False, clip_checkpoint=paths.get("clip_checkpoint"),
-                              zeroshot_eval=False, track=False)
+                m = run_stage(PretrainJob(c, paths["world"], paths["corr"], paths["feat"], "text4point",
+                                          Path(tmp) / "final.pt", clip_checkpoint=paths.get("clip_checkpoint"),
+                                          progress=False, zeroshot_eval=False, track=False))
             secs.append(m["per_epoch"][0]["seconds"])
             pts.append(m["points_seen"])
         row = {"max_points": size, "epoch_seconds": round(statistics.median(secs), 3),
@@ -281,7 +285,7 @@ def main() -> None:
     if args.child:
         throughput_child(args)
         return
-    from text4point.correspondences import cpu_threads
+    from text4point.runtime import cpu_threads
     from text4point.runtime import device
 
     cfg = P.load(args.params)

@@ -116,10 +116,6 @@ def load_yaml(p: Path) -> dict:
     return yaml.safe_load(Path(p).read_text())
 
 
-TINY_PRETRAIN = {"width": 8, "bottleneck_dim": 32, "out_dim": 16, "epochs": 2, "batch_size": 4, "workers": 0,
-                 "num_matches": 128, "max_points": 4000, "tqm_heads": 4}
-
-
 @pytest.fixture(scope="session")
 def pt_inputs(tmp_path_factory, tiny_params, tiny_world) -> dict:
     """Correspondences and CLIP features of the tiny world, made by the stages' ``run_stage``.
@@ -144,5 +140,4 @@ def pt_inputs(tmp_path_factory, tiny_params, tiny_world) -> dict:
     correspondences.run_stage(cfg, tiny_world, corr, "cpu", progress=False)
     feat = root / "feat"
     features.run_stage(cfg, tiny_world, feat, "cpu", progress=False)
-    cfg["pretrain"].update(TINY_PRETRAIN)
     return {"cfg": cfg, "world": tiny_world, "corr": corr, "feat": feat, "root": root}

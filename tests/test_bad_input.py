@@ -24,14 +24,16 @@ import torch
 import yaml
 
 import spec_files as spec
-from conftest import ROOT
+from conftest import ROOT, TINY, load_yaml
 from text4point.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 KNOWN_CORRESPONDENCES_KEYS = sorted(yaml.safe_load((ROOT / "workflow/schemas/params.schema.yaml").read_text())
                                     ["properties"]["correspondences"]["properties"])
-BACKBONE = {"name": "pointnet2", "width": 8, "bottleneck_dim": 32, "out_dim": 16}  # conftest.TINY_PRETRAIN's
+_TINY = load_yaml(TINY)["pretrain"]
+BACKBONE = {"name": "pointnet2", "width": _TINY["width"], "bottleneck_dim": _TINY["bottleneck_dim"],
+            "out_dim": _TINY["out_dim"]}  # tests/configs/tiny.yaml's
 
 
 # ================================================================ fixtures and helpers
@@ -41,15 +43,15 @@ BACKBONE = {"name": "pointnet2", "width": 8, "bottleneck_dim": 32, "out_dim": 16
 def checkpoints(pt_inputs, tmp_path_factory) -> dict:
     """One-epoch pre-training checkpoints (pointcontrast, text4point) of the tiny world and a second random CLIP."""
     from text4point.clip.load import build_model
-    from text4point.pretrain.engine import run_stage
+    from text4point.pretrain import PretrainJob, run_stage
 
     root = tmp_path_factory.mktemp("bad_input_ck")
     cfg = copy.deepcopy(pt_inputs["cfg"])
     cfg["pretrain"]["epochs"] = 1
     out = {}
     for variant in ("pointcontrast", "text4point"):
-        run_stage(cfg, pt_inputs["world"], pt_inputs["corr"], pt_inputs["feat"], variant, root / variant / "ck.pt",
-                  "cpu", progress=False, zeroshot_eval=False, track=False)
+        run_stage(PretrainJob(cfg, pt_inputs["world"], pt_inputs["corr"], pt_inputs["feat"], variant,
+                              root / variant / "ck.pt", progress=False, zeroshot_eval=False, track=False), "cpu")
         out[variant] = root / variant / "ck.pt"
     out["other_clip"] = root / "other_clip.pt"
     with torch.random.fork_rng():
@@ -535,7 +537,7 @@ def _(c: Ctx) -> Bad:
 def _(c: Ctx) -> Bad:
     from text4point.fsutil import write_json
     from text4point.scene import Dataset
-    from text4point.tables import run_path
+    from text4point.runs import run_path
 
     ft_dir, out = c.tmp / "finetune", c.tmp / "figures"
     metrics = run_path(ft_dir, "semseg", "scratch", 0, 1.0)

@@ -19,7 +19,9 @@ import open_clip
 import pytest
 import torch
 
-from text4point.clip import bootstrap, features
+from text4point.clip import bootstrap, crops, features
+from text4point.clip import cache as clip_cache
+from text4point.clip import dense as clip_dense
 from text4point.clip.load import load_clip
 from text4point.errors import InputError
 from text4point.fsutil import sha256_file
@@ -125,21 +127,21 @@ def test_checkpoint_loads_through_open_clip_and_reproduces_the_trained_model(boo
 
 
 def test_colour_words_and_crop_windows():
-    assert bootstrap.color_name((200, 30, 30)) == "red"
-    assert bootstrap.color_name((250, 250, 250)) == "white"
-    assert bootstrap.color_name((40, 60, 200)) == "blue"
-    assert bootstrap.color_name((10, 10, 10)) == "black"
+    assert crops.color_name((200, 30, 30)) == "red"
+    assert crops.color_name((250, 250, 250)) == "white"
+    assert crops.color_name((40, 60, 200)) == "blue"
+    assert crops.color_name((10, 10, 10)) == "black"
     # a sliver at the bottom border: the window stays inside the image and is at most 2:1
     ys, xs = np.mgrid[230:242, 50:150]
-    t, b, l, r = bootstrap.crop_box(ys.ravel(), xs.ravel(), 242, 324, margin=0.1)
+    t, b, l, r = crops.crop_box(ys.ravel(), xs.ravel(), 242, 324, margin=0.1)
     assert 0 <= t < b <= 242 and 0 <= l < r <= 324
-    assert (r - l) / (b - t) <= bootstrap.MAX_ASPECT + 0.05 and b == 242
+    assert (r - l) / (b - t) <= crops.MAX_ASPECT + 0.05 and b == 242
     # a floor (the lower part of the frame, under a sofa): a square window mostly on the floor, not the frame
     floor = np.zeros((242, 324), bool)
     floor[140:] = True
     floor[140:200, 100:220] = False
     for rng in (None, np.random.default_rng(0), np.random.default_rng(1)):
-        t, b, l, r = bootstrap.surface_box(floor, rng)
+        t, b, l, r = crops.surface_box(floor, rng)
         assert 0 <= t < b <= 242 and 0 <= l < r <= 324 and abs((b - t) - (r - l)) <= 1
         assert (b - t) < 0.7 * 242 and floor[t:b, l:r].mean() > 0.75
 
@@ -189,7 +191,7 @@ def test_region_maps_give_each_instance_its_share_of_every_feature_cell(tmp_path
     root = _colour_world(tmp_path / "world", frames=1, size=(64, 48))
     scene = Scene(root / "scenes" / "clip_0000")
     dense = {"size": (24, 32), "grid": (3, 4)}  # cells of 16x16 colour pixels
-    out = bootstrap.frame_crops(scene, 0, SCANNET20, 16, 1, 8, None, dense)
+    out = crops.frame_crops(scene, 0, SCANNET20, 16, 1, 8, None, dense)
     inst = scene.instance(0)
     assert out["frame"].shape == (24, 32, 3) and out["frame"].dtype == np.uint8
     assert out["regions"].shape == (len(out["classes"]), 3, 4) and out["regions"].dtype == np.float16
@@ -225,19 +227,19 @@ def test_dense_features_of_an_avg_pool_vit_average_to_the_image_embedding(boot):
     assert handle.model.visual.pool_type == "avg"
     torch.manual_seed(1)
     x = torch.randn(2, 3, *handle.image_size)
-    dense = features.dense_features(handle, x)
+    dense = clip_dense.dense_features(handle, x)
     gh, gw = handle.image_size[0] // handle.patch_size, handle.image_size[1] // handle.patch_size
     assert dense.shape == (2, gh, gw, handle.embed_dim)
     with torch.no_grad():
         pooled = handle.model.encode_image(x)
     assert torch.allclose(dense.mean(dim=(1, 2)), pooled, atol=1e-5)
     # larger inputs: interpolated positional embeddings, a finer grid
-    big = features.dense_features(handle, torch.randn(1, 3, 2 * handle.image_size[0], handle.image_size[1]))
+    big = clip_dense.dense_features(handle, torch.randn(1, 3, 2 * handle.image_size[0], handle.image_size[1]))
     assert big.shape == (1, 2 * gh, gw, handle.embed_dim)
 
 
 def test_cached_features_equal_a_direct_forward(feats):
-    cache = features.load_features(feats.out, feats.handle.identity)
+    cache = clip_cache.load_features(feats.out, feats.handle.identity)
     ds = Dataset(feats.root)
     assert cache.scene_ids == ds.split("train") + ds.split("val")  # never the clip split
     for sid in ("train_0001", "val_0000"):
@@ -249,18 +251,18 @@ def test_cached_features_equal_a_direct_forward(feats):
         assert list(frames) == sampled_frames(scene.num_frames, cache.manifest["frame_skip"])
         assert f.shape == (len(frames), *grid["grid"], feats.handle.embed_dim)
         for row, frame in ((0, int(frames[0])), (len(frames) - 1, int(frames[-1]))):
-            size = features.dense_input_size(feats.handle, scene.meta["color_size"])
-            x = features.frame_tensor(scene, frame, size, feats.handle.mean, feats.handle.std)
+            size = clip_dense.dense_input_size(feats.handle, scene.meta["color_size"])
+            x = clip_dense.frame_tensor(scene, frame, size, feats.handle.mean, feats.handle.std)
             # the stage's decoding (JPEG at a reduced scale where that is enough) ~ Scene.color + resize
             plain = feats.handle.preprocess(scene.color(frame), size)[0]
             assert float((x - plain).abs().mean()) < 0.05
-            direct = features.dense_features(feats.handle, x[None])[0].numpy()
+            direct = clip_dense.dense_features(feats.handle, x[None])[0].numpy()
             np.testing.assert_allclose(f[row].astype(np.float32), direct, rtol=2e-3,
                                        atol=2e-3 * float(np.abs(direct).max()))
 
 
 def test_frames_that_do_not_decode_are_skipped_and_counted_lost_poses_are_not(feats):
-    cache = features.load_features(feats.out, feats.handle.identity)
+    cache = clip_cache.load_features(feats.out, feats.handle.identity)
     frames = list(cache.frames("train_0000"))
     assert 2 not in frames and len(frames) == 5
     assert cache.features("train_0000").shape[0] == 5
@@ -277,22 +279,22 @@ def test_frames_that_do_not_decode_are_skipped_and_counted_lost_poses_are_not(fe
 
 
 def test_grid_maps_every_colour_pixel_to_its_cell(feats):
-    cache = features.load_features(feats.out, feats.handle.identity)
+    cache = clip_cache.load_features(feats.out, feats.handle.identity)
     grid = cache.grid("val_0000")
     cw, ch = grid["color_size"]
     gh, gw = grid["grid"]
-    size = features.dense_input_size(feats.handle, (cw, ch))
+    size = clip_dense.dense_input_size(feats.handle, (cw, ch))
     assert (cw, ch) == (96, 72) and grid["input_size"] == [size[1], size[0]]
     assert grid["grid"] == [size[0] // grid["patch_size"], size[1] // grid["patch_size"]]
     v, u = np.mgrid[0:ch, 0:cw]
-    row, col = features.pixel_to_cell(u, v, grid)
+    row, col = clip_dense.pixel_to_cell(u, v, grid)
     # a plain resize: the cells split the colour image into equal blocks
     np.testing.assert_array_equal(row, v * gh // ch)
     np.testing.assert_array_equal(col, u * gw // cw)
-    assert features.pixel_to_cell(0, 0, grid) == (0, 0)
-    assert features.pixel_to_cell(cw - 1, ch - 1, grid) == (gh - 1, gw - 1)
+    assert clip_dense.pixel_to_cell(0, 0, grid) == (0, 0)
+    assert clip_dense.pixel_to_cell(cw - 1, ch - 1, grid) == (gh - 1, gw - 1)
     f = cache.features("val_0000")[0]
-    assert np.array_equal(features.features_at_pixels(f, cw - 1, 0, grid), f[0, gw - 1])
+    assert np.array_equal(clip_dense.features_at_pixels(f, cw - 1, 0, grid), f[0, gw - 1])
 
 
 def test_text_embeddings_are_unit_norm_and_in_label_set_order(feats, boot):
@@ -377,11 +379,11 @@ def test_checkpoint_that_does_not_fit_the_model_is_one_line(boot, tmp_path):
 def test_features_cache_of_another_clip_is_refused(feats):
     other = dict(feats.handle.identity, weights_sha256="0" * 64)
     with pytest.raises(InputError) as e:
-        features.load_features(feats.out, other)
+        clip_cache.load_features(feats.out, other)
     msg = _one_line(e)
     assert "manifest.json" in msg and "rerun the clip_features stage" in msg
     with pytest.raises(InputError):
-        features.load_text_embeddings(feats.out, other)
+        clip_cache.load_text_embeddings(feats.out, other)
     with pytest.raises(InputError) as e:
-        features.load_features(feats.out.parent / "nothing", feats.handle.identity)
+        clip_cache.load_features(feats.out.parent / "nothing", feats.handle.identity)
     assert "run the clip_features stage" in _one_line(e)

@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from text4point import correspondences as C
+from text4point import corrfiles
+from text4point import geometry as G
 from text4point.errors import InputError
 from text4point.fsutil import write_json
 from text4point.scene import Dataset, Scene, sampled_frames, write_image, write_matrix
@@ -47,19 +49,19 @@ def test_backproject_project_round_trip_across_intrinsics():
     depth = rng.uniform(0.5, 4.0, (48, 64)).astype(np.float32)
     depth[rng.random((48, 64)) < 0.2] = 0  # missing depth is skipped
     d, T = torch.from_numpy(depth), torch.tensor(pose, dtype=torch.float32)
-    world, pix = C.backproject(d, torch.tensor(Kd), T)
+    world, pix = G.backproject(d, torch.tensor(Kd), T)
     assert len(world) == int((depth > 0).sum())
     u, v = (pix % 64).numpy(), (pix // 64).numpy()
 
     # back into the depth camera: the same pixel and depth
-    uv, z, inside = C.project(world, torch.tensor(Kd), T, 64, 48)
+    uv, z, inside = G.project(world, torch.tensor(Kd), T, 64, 48)
     assert inside.all()
     assert np.abs(uv.numpy() - np.stack([u, v], 1)).max() < 0.5
     assert np.abs(uv.numpy() - np.stack([u, v], 1)).max() < 1e-2
     assert np.allclose(z.numpy(), depth[v, u], atol=1e-4)
 
     # into the colour camera of the same pose: Kc Kd^-1 [u, v, 1], whatever the depth
-    uvc, zc, inside_c = C.project(world, torch.tensor(Kc), T, 130, 97)
+    uvc, zc, inside_c = G.project(world, torch.tensor(Kc), T, 130, 97)
     h = np.stack([u, v, np.ones_like(u)], 1) @ (Kc @ np.linalg.inv(Kd)).T
     assert np.abs(uvc.numpy() - h[:, :2] / h[:, 2:]).max() < 0.5
     assert np.abs(uvc.numpy() - h[:, :2] / h[:, 2:]).max() < 1e-2
@@ -69,19 +71,19 @@ def test_backproject_project_round_trip_across_intrinsics():
     assert (inside_c.numpy() == expect_inside).mean() > 0.999
 
     # points behind the camera are never inside
-    _, zb, inside_b = C.project(torch.tensor([[0.0, 0.0, -1.0]]), torch.tensor(Kc), torch.eye(4), 130, 97)
+    _, zb, inside_b = G.project(torch.tensor([[0.0, 0.0, -1.0]]), torch.tensor(Kc), torch.eye(4), 130, 97)
     assert zb.item() < 0 and not inside_b.item()
 
 
 def test_voxel_keys_are_world_aligned_and_shared_between_frames():
     pts = torch.tensor([[0.01, 0.01, 0.01], [0.04, 0.02, 0.03], [0.06, 0.01, 0.01], [-0.01, 0.0, 0.0],
                         [1000.03, -3.02, 7.47]])
-    vp, keys, cluster = C.voxelize(pts, 0.05)
+    vp, keys, cluster = G.voxelize(pts, 0.05)
     assert len(keys) == 4 and bool((keys[1:] > keys[:-1]).all())  # sorted, unique
     assert cluster[0] == cluster[1] and len(set(cluster.tolist())) == 4
     assert torch.allclose(vp[cluster[0]], pts[:2].mean(0))
     # the same voxel seen in another "frame" (another point set) has the same key
-    _, keys2, cl2 = C.voxelize(torch.tensor([[0.049, 0.001, 0.049], [1000.04, -3.03, 7.46]]), 0.05)
+    _, keys2, cl2 = G.voxelize(torch.tensor([[0.049, 0.001, 0.049], [1000.04, -3.03, 7.46]]), 0.05)
     assert keys2[cl2[0]] == keys[cluster[0]] and keys2[cl2[1]] == keys[cluster[4]]
 
 
@@ -339,23 +341,23 @@ def test_scene_without_usable_frames(tiny_world, tiny_params, tmp_path):
     scene = Scene(tmp_path / src.id)
     r = C.process_scene(scene, tiny_params["correspondences"], CPU)
     assert r["stats"]["frames_kept"] == 0 and r["stats"]["skipped"]["invalid_pose"] == 6
-    C.write_scene_correspondences(r, tmp_path / "out")
-    arrs = C.load_scene_correspondences(tmp_path / "out")
+    corrfiles.write_scene_correspondences(r, tmp_path / "out")
+    arrs = corrfiles.load_scene_correspondences(tmp_path / "out")
     assert len(arrs["points"]) == len(arrs["pairs"]) == len(arrs["matches"]) == 0
     assert arrs["point_offsets"].tolist() == [0] and arrs["match_offsets"].tolist() == [0]
-    C.check_matches_scene(tmp_path / "out", scene)
+    corrfiles.check_matches_scene(tmp_path / "out", scene)
 
 
 def test_correspondences_that_do_not_match_their_scan_are_refused(tiny_world, tiny_params, tmp_path):
     ds = Dataset(tiny_world)
     a, b = ds.scene(ds.split("train")[0]), ds.scene(ds.split("train")[1])
     out = tmp_path / a.id
-    C.write_scene_correspondences(C.process_scene(a, tiny_params["correspondences"], CPU), out)
-    C.check_matches_scene(out, a)  # its own scan: fine
+    corrfiles.write_scene_correspondences(C.process_scene(a, tiny_params["correspondences"], CPU), out)
+    corrfiles.check_matches_scene(out, a)  # its own scan: fine
 
     def refused(corr_dir, scene, *words):
         with pytest.raises(InputError) as e:
-            C.check_matches_scene(corr_dir, scene)
+            corrfiles.check_matches_scene(corr_dir, scene)
         msg = str(e.value)
         assert "\n" not in msg and all(w in msg for w in words), msg
 
@@ -371,10 +373,10 @@ def test_correspondences_that_do_not_match_their_scan_are_refused(tiny_world, ti
     # damaged storage: a missing or inconsistent file is named
     np.save(out / "overlap.npy", np.zeros(1, np.float32))
     with pytest.raises(InputError, match="overlap.npy"):
-        C.load_scene_correspondences(out)
+        corrfiles.load_scene_correspondences(out)
     (out / "pairs.npy").unlink()
     with pytest.raises(InputError, match="pairs.npy: file not found"):
-        C.load_scene_correspondences(out)
+        corrfiles.load_scene_correspondences(out)
 
 
 # ---------------------------------------------------------------- the stage and its storage
@@ -396,8 +398,8 @@ def test_run_stage_storage_round_trip(tiny_world, tiny_params, tmp_path):
     assert len(metrics["per_scene"]) == len(ids)
     thr = tiny_params["correspondences"]["overlap_threshold"]
     for sid in ids:
-        arrs = C.load_scene_correspondences(out / sid)
-        C.check_matches_scene(out / sid, ds.scene(sid))
+        arrs = corrfiles.load_scene_correspondences(out / sid)
+        corrfiles.check_matches_scene(out / sid, ds.scene(sid))
         assert all(isinstance(a, np.memmap) for a in arrs.values())
         assert arrs["frames"].dtype == np.int32 and arrs["pairs"].dtype == np.int32
         assert arrs["matches"].dtype == np.int32 and arrs["points"].dtype == np.float32

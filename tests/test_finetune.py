@@ -12,8 +12,6 @@ import torch
 from text4point.errors import InputError
 from text4point.scene import Dataset
 
-TINY_FINETUNE = {"steps": 2, "batch_size": 2, "max_points": 3000, "det": {"num_proposals": 16, "radius": 0.3,
-                                                                          "nms_iou": 0.25}}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -22,26 +20,26 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def ft_inputs(pt_inputs, tmp_path_factory) -> dict:
     """pt_inputs plus a 1-epoch text4point and pointcontrast pre-training checkpoint."""
-    from text4point.pretrain.engine import run_stage
+    from text4point.pretrain import PretrainJob, run_stage
 
     root = tmp_path_factory.mktemp("ft")
     cfg = copy.deepcopy(pt_inputs["cfg"])
     cfg["pretrain"]["epochs"] = 1
-    cfg["finetune"].update(copy.deepcopy(TINY_FINETUNE))
+    cfg["finetune"]["steps"] = 2  # tests/configs/tiny.yaml's fine-tuning, two steps
     ckpts = {}
     for variant in ("text4point", "pointcontrast"):
-        run_stage(cfg, pt_inputs["world"], pt_inputs["corr"], pt_inputs["feat"], variant, root / variant / "ck.pt",
-                  "cpu", progress=False, zeroshot_eval=False, track=False)
+        run_stage(PretrainJob(cfg, pt_inputs["world"], pt_inputs["corr"], pt_inputs["feat"], variant,
+                              root / variant / "ck.pt", progress=False, zeroshot_eval=False, track=False), "cpu")
         ckpts[variant] = root / variant / "ck.pt"
     return {**pt_inputs, "cfg": cfg, "ckpts": ckpts, "root": root}
 
 
 def _finetune(ft_inputs, task, init, **kw):
-    from text4point.finetune import run_stage
+    from text4point.finetune import FinetuneJob, run_stage
 
     ck = ft_inputs["ckpts"].get(init)
-    return run_stage(kw.pop("cfg", ft_inputs["cfg"]), ft_inputs["world"], task, init, 0, 1.0, ck, None, "cpu",
-                     progress=False, track=False, **kw)
+    return run_stage(FinetuneJob(kw.pop("cfg", ft_inputs["cfg"]), ft_inputs["world"], task, init, 0, 1.0, ck,
+                                 progress=False, track=False, **kw), "cpu")
 
 
 # ---------------------------------------------------------------- data
@@ -150,10 +148,7 @@ def test_text4point_init_loads_the_pretrained_modules_and_the_prompt_starts_at_t
 
 
 def test_text4point_finetuning_adds_the_score_map_loss_and_learns_the_prompt(ft_inputs):
-    from text4point.finetune import run_stage
-
-    m = run_stage(ft_inputs["cfg"], ft_inputs["world"], "semseg", "text4point", 0, 1.0, ft_inputs["ckpts"]["text4point"],
-                  None, "cpu", progress=False, track=False)
+    m = _finetune(ft_inputs, "semseg", "text4point")
     assert 0.0 <= m["miou"] <= 1.0 and np.isfinite(m["final_loss"])
 
 
@@ -187,7 +182,6 @@ def test_checkpoint_of_another_backbone_or_variant_is_one_line(ft_inputs):
 
 def test_text4point_checkpoint_with_another_clip_is_one_line(ft_inputs, tmp_path):
     from text4point.clip.load import build_model
-    from text4point.finetune import run_stage
 
     torch.manual_seed(123)
     other = tmp_path / "other_clip.pt"
@@ -195,8 +189,7 @@ def test_text4point_checkpoint_with_another_clip_is_one_line(ft_inputs, tmp_path
     cfg = copy.deepcopy(ft_inputs["cfg"])
     cfg["clip"]["pretrained"] = str(other)
     with pytest.raises(InputError) as e:
-        run_stage(cfg, ft_inputs["world"], "semseg", "text4point", 0, 1.0, ft_inputs["ckpts"]["text4point"], None,
-                  "cpu", progress=False, track=False)
+        _finetune(ft_inputs, "semseg", "text4point", cfg=cfg)
     msg = str(e.value)
     assert "was pre-trained with CLIP t4p-tiny" in msg and "but params give t4p-tiny" in msg and "\n" not in msg
 
@@ -206,7 +199,8 @@ def test_text4point_checkpoint_with_another_clip_is_one_line(ft_inputs, tmp_path
 
 def test_tables_average_over_seeds_and_name_their_runs(tmp_path):
     from text4point.fsutil import write_json
-    from text4point.tables import build_tables, run_path
+    from text4point.runs import run_path
+    from text4point.tables import build_tables
 
     ft = {"tasks": ["semseg"], "inits": ["scratch", "text4point"], "seeds": [0, 1], "label_fractions": [0.5, 1.0]}
     values = {("scratch", 0): 0.40, ("scratch", 1): 0.50, ("text4point", 0): 0.60, ("text4point", 1): 0.70}

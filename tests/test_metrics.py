@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from text4point import geometry as G
 from text4point import metrics as M
 
 # instance segmentation toys: "wall" (0) is not evaluated, "chair" (1) and "table" (2) are
@@ -59,10 +60,7 @@ def test_semantic_metrics_on_a_known_confusion():
     assert res["classes_evaluated"] == 3 and res["points"] == 10
 
 
-def test_semantic_metrics_three_classes_perfect_and_reexports():
-    from text4point.pretrain import zeroshot
-
-    assert M.confusion_matrix is zeroshot.confusion_matrix and M.iou_from_confusion is zeroshot.iou_from_confusion
+def test_semantic_metrics_three_classes_perfect():
     conf = np.diag([5, 2, 3])
     res = M.semantic_metrics(conf, ["x", "y", "z"])
     assert res["miou"] == 1.0 and res["accuracy"] == 1.0 and res["mean_class_accuracy"] == 1.0
@@ -206,19 +204,19 @@ def test_box_iou_3d_known_overlaps():
     a = [[0, 0, 0, 2, 2, 2]]
     b = [[1, 1, 0, 2, 2, 2], [0, 0, 0, 2, 2, 2], [5, 0, 0, 2, 2, 2], [0, 0, 0, 1, 1, 1]]
     # overlap 1 x 1 x 2 = 2, union 8 + 8 - 2 = 14 -> 1/7; identical 1; disjoint 0; nested 1/8
-    assert M.box_iou_3d(a, b) == pytest.approx(np.array([[1 / 7, 1.0, 0.0, 1 / 8]]))
-    assert M.box_iou_3d(np.zeros((0, 6)), b).shape == (0, 4)
-    assert M.box_iou_3d([[0, 0, 0, 0, 0, 0]], [[0, 0, 0, 0, 0, 0]])[0, 0] == 0.0  # empty boxes: 0, no NaN
+    assert G.box_iou_3d(a, b) == pytest.approx(np.array([[1 / 7, 1.0, 0.0, 1 / 8]]))
+    assert G.box_iou_3d(np.zeros((0, 6)), b).shape == (0, 4)
+    assert G.box_iou_3d([[0, 0, 0, 0, 0, 0]], [[0, 0, 0, 0, 0, 0]])[0, 0] == 0.0  # empty boxes: 0, no NaN
 
 
 def test_nms_3d_drops_the_overlapping_lower_score_box():
     boxes = [[0, 0, 0, 2, 2, 2], [0.2, 0, 0, 2, 2, 2], [5, 5, 5, 1, 1, 1]]  # IoU(0, 1) = 7.2 / 8.8 = 0.82
     scores = [0.8, 0.9, 0.7]
-    assert M.nms_3d(boxes, scores, 0.5).tolist() == [1, 2]
-    assert M.nms_3d(boxes, scores, 0.9).tolist() == [1, 0, 2]  # 0.82 is not above 0.9
+    assert G.nms_3d(boxes, scores, 0.5).tolist() == [1, 2]
+    assert G.nms_3d(boxes, scores, 0.9).tolist() == [1, 0, 2]  # 0.82 is not above 0.9
     # per class: boxes 0 and 1 of different classes do not suppress each other
-    assert M.nms_3d(boxes, scores, 0.5, class_aware=True, classes=[3, 4, 3]).tolist() == [1, 0, 2]
-    assert M.nms_3d(boxes, scores, 0.5, class_aware=True, classes=[3, 3, 3]).tolist() == [1, 2]
+    assert G.nms_3d(boxes, scores, 0.5, class_aware=True, classes=[3, 4, 3]).tolist() == [1, 0, 2]
+    assert G.nms_3d(boxes, scores, 0.5, class_aware=True, classes=[3, 3, 3]).tolist() == [1, 2]
 
 
 def test_detection_perfect_box_and_iou_threshold():
@@ -229,7 +227,7 @@ def test_detection_perfect_box_and_iou_threshold():
     assert res["map"] == {"0.25": 1.0, "0.5": 1.0} and res["classes_evaluated"] == 1
     # a box inside the GT with 0.3 of its height: IoU 0.3 / 1 = 0.3 -> a match at 0.25, not at 0.5
     res = M.detection_ap([det([[0, 0, 0, 1, 1, 0.3]], [0], [0.9])], gt, class_names=["chair", "table"])
-    assert M.box_iou_3d([[0, 0, 0, 1, 1, 0.3]], [UNIT])[0, 0] == pytest.approx(0.3)
+    assert G.box_iou_3d([[0, 0, 0, 1, 1, 0.3]], [UNIT])[0, 0] == pytest.approx(0.3)
     assert res["ap"]["0.25"]["chair"] == 1.0 and res["ap"]["0.5"]["chair"] == 0.0
     # a table box where only a chair is: a table false positive of an undefined class, a chair miss
     res = M.detection_ap([det([UNIT], [1], [0.9])], gt, class_names=["chair", "table"])
@@ -306,8 +304,8 @@ def _one_line(excinfo) -> str:
     (lambda: M.detection_ap([det([UNIT], [0], [1.0, 0.5])], [det([UNIT], [0])], class_names=["a"]),
      "pred_boxes[0]['scores']: expected a 1-D array of length 1, got shape (2,)"),
     (lambda: M.detection_ap([], [], (0.5, 1.5), class_names=["a"]), "iou_thresholds: expected one or more"),
-    (lambda: M.box_iou_3d([[0, 0, 0, -1, 1, 1]], [UNIT]), "a: expected finite boxes with non-negative sizes"),
-    (lambda: M.nms_3d([UNIT], [1.0], 0.5, class_aware=True), "classes: expected one class id per box"),
+    (lambda: G.box_iou_3d([[0, 0, 0, -1, 1, 1]], [UNIT]), "a: expected finite boxes with non-negative sizes"),
+    (lambda: G.nms_3d([UNIT], [1.0], 0.5, class_aware=True), "classes: expected one class id per box"),
 ])
 def test_bad_input_raises_one_line_value_error(call, start):
     with pytest.raises(ValueError) as excinfo:

@@ -26,17 +26,18 @@ def _cfg(pt_inputs, **pretrain) -> dict:
 
 
 def _run(pt_inputs, out: Path, variant: str = "text4point", cfg: dict | None = None, **kw) -> dict:
-    from text4point.pretrain.engine import run_stage
+    from text4point.pretrain import PretrainJob, run_stage
 
     kw.setdefault("zeroshot_eval", False)
     kw.setdefault("track", False)
-    return run_stage(cfg or pt_inputs["cfg"], pt_inputs["world"], pt_inputs["corr"], pt_inputs["feat"], variant,
-                     out / "final.pt", "cpu", progress=False, **kw)
+    job = PretrainJob(cfg or pt_inputs["cfg"], pt_inputs["world"], pt_inputs["corr"], pt_inputs["feat"], variant,
+                      out / "final.pt", progress=False, **kw)
+    return run_stage(job, "cpu")
 
 
 def _batch(pt_inputs, variant: str):
-    from text4point.clip.features import load_features
-    from text4point.pretrain.data import build_dataset, collate_frames, collate_pairs
+    from text4point.clip.cache import load_features
+    from text4point.pretrain.data import build_dataset, collate_for
     from text4point.pretrain.engine import clip_identity
     from text4point.scene import Dataset
 
@@ -44,7 +45,7 @@ def _batch(pt_inputs, variant: str):
     fc = load_features(pt_inputs["feat"], clip_identity(cfg, pt_inputs["feat"], None))
     ds = build_dataset(variant, pt_inputs["corr"], pt_inputs["world"], fc, Dataset(pt_inputs["world"]).split("train"),
                        cfg["pretrain"], 0, cross_frame=True)
-    collate = collate_pairs if variant == "pointcontrast" else collate_frames
+    collate = collate_for(variant)
     text = torch.as_tensor(fc.text()["scannet20"]["prompt_embeddings"]).float()
     return collate([ds[(0, i)] for i in range(min(3, len(ds)))]), text
 
@@ -97,7 +98,8 @@ def test_tqm_without_text_refused(pt_inputs):
 
 
 def test_data_errors(pt_inputs, tmp_path):
-    from text4point.pretrain.data import PairDataset, collate_frames
+    from text4point.pretrain.data import collate_frames
+    from text4point.pretrain.pairs import PairDataset
 
     # a correspondence directory made from another scan
     bad = tmp_path / "corr"
@@ -116,7 +118,7 @@ def test_data_errors(pt_inputs, tmp_path):
 
 
 def test_pair_matches_share_voxels(pt_inputs):
-    from text4point.pretrain.data import PairDataset
+    from text4point.pretrain.pairs import PairDataset
 
     ds = PairDataset(pt_inputs["corr"], pt_inputs["world"], ["train_0000", "train_0001"], 100000, 100000, 0,
                      rotate=False)
@@ -135,24 +137,24 @@ def _state(path: Path) -> dict:
 
 
 def test_resume_is_exact(pt_inputs, tmp_path, monkeypatch):
-    from text4point.pretrain import data
+    from text4point import training
 
     full = _run(pt_inputs, tmp_path / "full")
     assert full["steps"] == 2 * full["steps_per_epoch"]
 
-    original = data.EpochSampler.set_epoch
+    original = training.EpochSampler.set_epoch
 
     def killed_after_first_epoch(self, epoch):
         if epoch == 1:
             raise KeyboardInterrupt("killed")
         original(self, epoch)
 
-    monkeypatch.setattr(data.EpochSampler, "set_epoch", killed_after_first_epoch)
+    monkeypatch.setattr(training.EpochSampler, "set_epoch", killed_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         _run(pt_inputs, tmp_path / "cut")
     assert sorted(p.name for p in (tmp_path / "cut" / "epochs").iterdir()) == ["epoch_0001.pt"]
     assert not (tmp_path / "cut" / "final.pt").exists()
-    monkeypatch.setattr(data.EpochSampler, "set_epoch", original)
+    monkeypatch.setattr(training.EpochSampler, "set_epoch", original)
     resumed = _run(pt_inputs, tmp_path / "cut")
     assert resumed["resumed_from"].endswith("epoch_0001.pt")
     a, b = _state(tmp_path / "full" / "final.pt"), _state(tmp_path / "cut" / "final.pt")
@@ -162,7 +164,7 @@ def test_resume_is_exact(pt_inputs, tmp_path, monkeypatch):
     assert full["weights_sha256"] == resumed["weights_sha256"]
 
     ck = torch.load(tmp_path / "cut" / "epochs" / "epoch_0002.pt", map_location="cpu", weights_only=True)
-    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "global_step", "rng", "params", "git_commit",
+    assert {"model", "optimizer", "scaler", "epoch", "global_step", "rng", "params", "git_commit",
             "backbone", "clip_identity"} <= set(ck)
     assert ck["epoch"] == 2 and set(ck["rng"]) >= {"python", "numpy", "torch", "cuda", "loader"}
     meta = torch.load(tmp_path / "cut" / "final.pt", map_location="cpu", weights_only=True)["meta"]
@@ -195,8 +197,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(pt_inputs, tmp_pat
         return {k: v * float("nan") for k, v in out.items()} if calls["n"] == steps_per_epoch + 2 else out
 
     monkeypatch.setattr(model_mod.Text4PointModel, "forward", poisoned)
-    with pytest.raises(InputError, match=rf"non-finite loss at step {steps_per_epoch + 2} \(epoch 2\): loss=nan, "
-                                         r"L_e=nan, L_d=nan") as e:
+    with pytest.raises(InputError, match=rf"pretrain text4point: non-finite loss at step {steps_per_epoch + 2} "
+                                         r"\(epoch 2\): loss=nan, L_e=nan, L_d=nan; stopped") as e:
         _run(pt_inputs, tmp_path / "nan", log_every=2)
     assert "\n" not in str(e.value)
     names = sorted(p.name for p in (tmp_path / "nan" / "epochs").iterdir())
@@ -235,11 +237,11 @@ DDP_SCRIPT = """
 import json, sys
 from pathlib import Path
 import torch
-from text4point.pretrain.engine import run_stage
+from text4point.pretrain import PretrainJob, run_stage
 a = json.loads(Path(sys.argv[1]).read_text())
 torch.set_num_threads(1)
-m = run_stage(a["cfg"], Path(a["world"]), Path(a["corr"]), Path(a["feat"]), "text4point", Path(a["out"]), "cpu",
-              progress=False, zeroshot_eval=False, track=False)
+m = run_stage(PretrainJob(a["cfg"], a["world"], a["corr"], a["feat"], "text4point", a["out"], progress=False,
+                          zeroshot_eval=False, track=False), "cpu")
 import os
 if os.environ["RANK"] == "0":
     Path(a["metrics"]).write_text(json.dumps(m))

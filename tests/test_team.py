@@ -72,8 +72,10 @@ def test_tracked_runs_go_to_the_shared_postgresql_server(team_server, pt_inputs,
     import psycopg2
 
     from text4point import tracking
+    from text4point.finetune import FinetuneJob
     from text4point.finetune import run_stage as finetune
-    from text4point.pretrain.engine import run_stage as pretrain
+    from text4point.pretrain import PretrainJob
+    from text4point.pretrain import run_stage as pretrain
 
     uri = team_server["MLFLOW_TRACKING_URI"]
     assert uri.startswith("http://127.0.0.1:")
@@ -82,12 +84,12 @@ def test_tracked_runs_go_to_the_shared_postgresql_server(team_server, pt_inputs,
 
     cfg = copy.deepcopy(pt_inputs["cfg"])
     cfg["pretrain"]["epochs"] = 1
-    cfg["finetune"].update({"steps": 2, "batch_size": 2, "max_points": 3000})
+    cfg["finetune"]["steps"] = 2
     ckpt = tmp_path / "text4point" / "checkpoint.pt"
-    pm = pretrain(cfg, pt_inputs["world"], pt_inputs["corr"], pt_inputs["feat"], "text4point", ckpt, "cpu",
-                  progress=False, zeroshot_eval=False, track=True)
-    fm = finetune(cfg, pt_inputs["world"], "semseg", "text4point", 0, 1.0, ckpt, None, "cpu", progress=False,
-                  track=True)
+    pm = pretrain(PretrainJob(cfg, pt_inputs["world"], pt_inputs["corr"], pt_inputs["feat"], "text4point", ckpt,
+                              progress=False, zeroshot_eval=False, track=True), "cpu")
+    fm = finetune(FinetuneJob(cfg, pt_inputs["world"], "semseg", "text4point", 0, 1.0, ckpt, progress=False,
+                              track=True), "cpu")
 
     client = mlflow.MlflowClient(uri)
     prefix = cfg["tracking"]["experiment_prefix"]
@@ -111,7 +113,7 @@ def test_tracked_runs_go_to_the_shared_postgresql_server(team_server, pt_inputs,
         ("semseg", "text4point", "2", "1.0")
     for key in ("miou", "primary", "final_loss", "steps"):
         assert ft_run.data.metrics[key] == pytest.approx(fm[key]), key
-    assert len(client.get_metric_history(ft_run.info.run_id, "train_loss")) >= 1
+    assert len(client.get_metric_history(ft_run.info.run_id, "loss")) == fm["steps"]
 
     # The artifacts went through the server (mlflow-artifacts:/) into the shared location, not a client directory.
     shared = Path(team_server["artifacts"])

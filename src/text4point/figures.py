@@ -21,7 +21,7 @@ from .errors import InputError, bad
 from .labels import IGNORE_LABEL
 from .plotting import class_colours, pyplot, save_png
 from .scene import Dataset
-from .tables import collect, run_path
+from .runs import collect, run_path
 
 
 def per_class_iou(runs: dict, ft: dict, classes: list[str], out: Path) -> Path:

@@ -11,7 +11,8 @@ One InfoNCE, :func:`info_nce`, serves every contrast in the project:
   call :func:`info_nce` with the two frames' features.
 
 Row ``i`` of the two inputs is a corresponding pair (a positive); every other sampled row of the
-other side is a negative. :func:`sample_matches` draws the pairs to use.
+other side is a negative. The pairs are drawn by the pre-training datasets (``pretrain.num_matches`` per frame,
+seeded by ``(seed, epoch, index)``).
 """
 
 from __future__ import annotations
@@ -19,21 +20,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-
-def sample_matches(num_matches: int, total: int, generator: torch.Generator | None = None,
-                   device: torch.device | str | None = None) -> Tensor:
-    """Indices of ``min(num_matches, total)`` of ``total`` correspondences, drawn without replacement.
-
-    ``generator`` (a CPU :class:`torch.Generator`) makes the draw reproducible; the result is moved
-    to ``device``. The drawn pairs are the positives *and* the pool of negatives of
-    :func:`info_nce`, so ``num_matches`` also sets the number of negatives per positive
-    (``num_matches - 1``).
-    """
-    if num_matches < 0 or total < 0:
-        raise ValueError(f"num_matches and total: expected non-negative integers, got {num_matches}, {total}")
-    perm = torch.randperm(total, generator=generator)
-    return perm[: min(num_matches, total)].to(device)
 
 
 def info_nce(a: Tensor, b: Tensor, temperature: float, *, symmetric: bool = True,
@@ -89,13 +75,3 @@ def info_nce(a: Tensor, b: Tensor, temperature: float, *, symmetric: bool = True
     if symmetric:
         loss = 0.5 * (loss + F.cross_entropy(logits.t(), target))
     return loss
-
-
-def pixel_point_loss(h2d_at_pixels: Tensor, h3d_at_points: Tensor, temperature: float, **kwargs) -> Tensor:
-    """Text4Point's pixel ↔ point loss: :func:`info_nce` with pixels on the ``a`` side.
-
-    ``L_e = pixel_point_loss(h2D[pixels], ĥ3D[points], τ)`` and
-    ``L_d = pixel_point_loss(z2D[pixels], z3D[points], τ)``, where row ``i`` of both is the
-    ``i``-th sampled pixel ↔ point correspondence. ``kwargs`` go to :func:`info_nce`.
-    """
-    return info_nce(h2d_at_pixels, h3d_at_points, temperature, **kwargs)

@@ -18,15 +18,14 @@ zeroshot,reference}.{md,csv}`` (csv with pandas):
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
 from . import faults, tasks
-from .errors import InputError
 from .fsutil import atomic_path, write_text
+from .runs import collect, read_metrics
 
 TABLE_NAMES = ("semseg", "insseg", "det", "efficiency", "ablation", "zeroshot", "reference")
 
@@ -48,17 +47,8 @@ REFERENCE_SOURCE = ("Hou, Graham, Nießner, Xie: Exploring Data-Efficient 3D Sce
                     "(README model zoo, ScanNet v2 val, 10% / 100% of the train scenes)")
 
 
-def run_path(root: Path, task: str, init: str, seed: int, frac: float) -> Path:
-    return Path(root) / task / init / f"seed{seed}-frac{frac}" / "metrics.json"
 
 
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found (run the finetune/pretrain job that writes it)") from None
-    except json.JSONDecodeError:
-        raise InputError(f"{path}: not valid JSON (rerun the job that writes it)") from None
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -85,14 +75,6 @@ def _write(out_dir: Path, name: str, md: str, header: list[str], rows: list[list
         pd.DataFrame(rows, columns=header).to_csv(tmp, index=False)
 
 
-def collect(ft_root: Path, ft: dict) -> dict:
-    """``{(task, init, frac): [metrics of each seed]}`` for every job params name."""
-    runs = {}
-    for task in ft["tasks"]:
-        for init in ft["inits"]:
-            for frac in ft["label_fractions"]:
-                runs[(task, init, float(frac))] = [_read(run_path(ft_root, task, init, s, frac)) for s in ft["seeds"]]
-    return runs
 
 
 def build_tables(cfg: dict, ft_root: Path, pretrain_root: Path, out_dir: Path) -> dict:
@@ -150,7 +132,7 @@ def build_tables(cfg: dict, ft_root: Path, pretrain_root: Path, out_dir: Path) -
               "every point = most frequent class, mIoU", "params hash"]
     rows = []
     for v in cfg["pretrain"]["variants"]:
-        m = _read(Path(pretrain_root) / f"{v}.json")
+        m = read_metrics(Path(pretrain_root) / f"{v}.json")
         pct = lambda x: "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"  # noqa: E731
         rows.append([v, pct(m.get("zeroshot_miou")), pct(m.get("zeroshot_accuracy")), pct(m.get("zeroshot_miou_random")),
                      pct(m.get("zeroshot_accuracy_random")), pct(m.get("zeroshot_miou_majority_constant")),
@@ -168,4 +150,4 @@ def build_tables(cfg: dict, ft_root: Path, pretrain_root: Path, out_dir: Path) -
     return {"jobs": sum(len(v) for v in runs.values()), "tables": list(TABLE_NAMES), "dataset": dataset}
 
 
-__all__ = ["REFERENCE", "TABLE_NAMES", "build_tables", "collect", "run_path"]
+__all__ = ["REFERENCE", "TABLE_NAMES", "build_tables"]

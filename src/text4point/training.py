@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -245,7 +246,7 @@ class Trainer:
         self.epoch, self.global_step = 0, 0
         self.names: tuple[str, ...] | None = None
         self.history: list[dict] = []  # one row per step: {"step", "epoch", "lr", "loss", <terms>}
-        self.epochs: list[dict] = []   # one row per epoch: {"epoch", "loss", <terms>} (means)
+        self.epochs: list[dict] = []   # one row per epoch: {"epoch", "loss", <terms> (means), "seconds"}
         self._buf: list[tuple[torch.Tensor, float, int]] = []
 
     # ------------------------------------------------------------ state
@@ -281,6 +282,7 @@ class Trainer:
         while self.global_step < job.steps:
             epoch = self.epoch
             first = len(self.history)
+            t_epoch = time.perf_counter()
             for batch in self.batches(epoch):
                 if self.global_step >= job.steps:
                     break
@@ -289,11 +291,12 @@ class Trainer:
             self._flush(epoch)
             self.dist.sync_buffers(self.model)
             rows = self.history[first:]
-            row = {"epoch": epoch + 1, **{k: float(np.mean([r[k] for r in rows])) for k in ("loss",) + self.names}}
+            row = {"epoch": epoch + 1, **{k: float(np.mean([r[k] for r in rows])) for k in ("loss",) + self.names},
+                   "seconds": time.perf_counter() - t_epoch}
             self.epochs.append(row)
             self.epoch = epoch + 1
             if self.dist.main:
-                tracking.log_batch([(f"epoch_{k}", v, epoch + 1) for k, v in row.items() if k != "epoch"])
+                tracking.log_batch([(f"epoch_{k}", v, epoch + 1) for k, v in row.items() if k not in ("epoch", "seconds")])
             for h in self.hooks:
                 h.after_epoch(self, row)
             bar.set_postfix(epoch=epoch + 1, loss=f"{row['loss']:.3f}")

@@ -315,7 +315,7 @@ def _run(job: PretrainJob, dist: Dist, t_start: float) -> dict:
                          "ranks_identical": len(set(rank_shas)) == 1, "params_hash": phash,
                          "per_epoch": trainer.epochs}
         if trainer.epochs:
-            metrics.update({f"final_{k}": v for k, v in trainer.epochs[-1].items() if k != "epoch"})
+            metrics.update({f"final_{k}": v for k, v in trainer.epochs[-1].items() if k not in ("epoch", "seconds")})
             metrics["seconds_train"] = round(t_train, 2)
             metrics["points_seen"] = int(points_seen * dist.world)
             metrics["points_per_second"] = round(points_seen * dist.world / t_train, 1) if t_train > 0 else 0.0

@@ -153,8 +153,7 @@ class Text4PointModel(nn.Module):
                    ids_b: Tensor | None = None) -> Tensor:
         """Mean over the frames (pairs) of the batch of the InfoNCE of each frame's matches: a frame's
         ``num_matches`` sampled pairs are its positives and each other's negatives (``num_matches - 1``
-        negatives per positive), as ``pretrain.num_matches`` and :func:`~text4point.losses.sample_matches`
-        define them; frames without matches are left out."""
+        negatives per positive), as ``pretrain.num_matches`` defines them; frames without matches are left out."""
         parts = [torch.split(t, counts) if t is not None else [None] * len(counts) for t in (a, b, ids_a, ids_b)]
         losses = [info_nce(pa, pb, self.temperature, ids_a=ia, ids_b=ib)
                   for pa, pb, ia, ib, n in zip(*parts, counts) if n > 0]
