@@ -148,3 +148,31 @@ def test_code_dependencies_follow_the_imports():
     assert "src/text4point/correspondences.py" in corr and not any("/clip/" in f for f in corr)
     for rule in dag.COMMANDS:
         assert "src/text4point/cli.py" in dag.code_files(rule)
+
+
+def test_a_fine_tuning_job_depends_on_its_own_task_module_only():
+    from text4point import dag
+
+    det = set(dag.code_files("finetune", "det"))
+    assert "src/text4point/tasks/det.py" in det and "src/text4point/tasks/_base.py" in det
+    assert not {"src/text4point/tasks/semseg.py", "src/text4point/tasks/insseg.py"} & det
+    assert {"src/text4point/tasks/semseg.py", "src/text4point/tasks/det.py"} <= set(dag.code_files("tables"))
+
+
+def test_dvc_yaml_is_generated_from_the_package(tmp_path, capsys):
+    """The committed dvc.yaml is what `text4point dvc-yaml` writes; a hand edit is caught in one line."""
+    import shutil
+
+    from text4point.cli import main
+
+    main(["dvc-yaml", "--check", "--params", str(ROOT / "params.yaml"), "--out", str(ROOT / "dvc.yaml")])
+    assert capsys.readouterr().out.strip().endswith("dvc.yaml: current")
+    edited = tmp_path / "dvc.yaml"
+    shutil.copy(ROOT / "dvc.yaml", edited)
+    edited.write_text(edited.read_text().replace("- src/text4point/tasks/${item.task}.py\n", ""))
+    with pytest.raises(SystemExit) as e:
+        main(["dvc-yaml", "--check", "--params", str(ROOT / "params.yaml"), "--out", str(edited)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {edited}: stale, not what `text4point dvc-yaml` generates from the package; run it and " \
+                  f"commit the result\n"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import params as P
 from .errors import InputError
-from .fsutil import atomic_dir, atomic_path, check_writable, write_json
+from .fsutil import atomic_dir, atomic_path, check_writable, write_json, write_text
 
 # torch_geometric scripts a few functions at import; torch 2.14 warns about torch.jit.script on every CLI call,
 # which would turn one-line errors into three lines.
@@ -181,6 +181,28 @@ def cmd_show(args) -> None:
         print(p)
 
 
+def cmd_dvc_yaml(args) -> None:
+    """Write dvc.yaml from the package's DAG, or (``--check``) fail in one line when the file is stale."""
+    import yaml
+
+    from .dag import dvc_yaml
+
+    path = Path(args.out)
+    try:
+        raw = yaml.safe_load(Path(args.params).read_text()) or {}
+    except FileNotFoundError:
+        raise InputError(f"{args.params}: file not found") from None
+    text = dvc_yaml(raw)
+    if args.check:
+        if not path.is_file() or path.read_text() != text:
+            raise InputError(f"{path}: stale, not what `text4point dvc-yaml` generates from the package; run it and "
+                             f"commit the result")
+        print(f"{path}: current")
+        return
+    write_text(path, text)
+    print(path)
+
+
 def cmd_validate(args) -> None:
     cfg = P.load(args.params)
     print(f"{args.params}: valid (params hash {P.params_hash(cfg)})")
@@ -264,6 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val")
     p.add_argument("--scenes", type=int, default=1)
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("dvc-yaml", help="write dvc.yaml from the package's DAG (--check: fail when it is stale)")
+    p.add_argument("--params", default="params.yaml", help="params.yaml (its keys decide which params DVC tracks)")
+    p.add_argument("--out", default="dvc.yaml")
+    p.add_argument("--check", action="store_true", help="only check that --out is current")
+    p.set_defaults(func=cmd_dvc_yaml)
 
     p = sub.add_parser("validate-params", help="check params.yaml against the schema")
     p.add_argument("params", nargs="?", default="params.yaml")

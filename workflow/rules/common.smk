@@ -38,8 +38,8 @@ def rule_params(rule):
 
 def code(rule):
     """The package's source files that the rule's command imports (text4point.dag.code_files): a change to one
-    of them reruns exactly the jobs that can run it."""
-    return dag.code_files(rule)
+    of them reruns exactly the jobs that can run it. A job with a task wildcard loads only its task's module."""
+    return lambda wildcards: dag.code_files(rule, getattr(wildcards, "task", None))
 
 
 # Wildcard values, from the package's registries.
