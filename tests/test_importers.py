@@ -131,6 +131,12 @@ FACE_INST = [1, 2, 1, 2, 3, 0]
 LABELS_PLY = np.array([5, 5, 5, 1, 1, 1, 12, 12, 0, 22, 0, 5])
 
 
+def aligned(xyz: np.ndarray, align: np.ndarray) -> np.ndarray:
+    """ScanNet's axis alignment as VoteNet applies it: [x y z 1] @ A^T, computed in float64."""
+    h = np.concatenate([xyz.astype(np.float64), np.ones((len(xyz), 1))], 1)
+    return (h @ np.asarray(align).T)[:, :3].astype(np.float32)
+
+
 @pytest.fixture(scope="module")
 def scannet_import(tmp_path_factory):
     root = tmp_path_factory.mktemp("scannet_release")
@@ -144,13 +150,14 @@ def scannet_import(tmp_path_factory):
 
 def test_scannet_dataset_and_stats(scannet_import):
     scenes, out, stats = scannet_import
-    assert stats == {"scenes": {"clip": 0, "train": 1, "val": 1}, "frames": 6,
-                     "defects": {"invalid_pose": 2, "labels_ply_disagreement": 1, "missing_scene": 1,
-                                 "unknown_label": 2}}
+    recorded = {"scenes": {"clip": 0, "train": 1, "val": 1}, "frames": 6,
+                "defects": {"invalid_pose": 2, "labels_ply_disagreement": 1, "missing_scene": 1,
+                            "unknown_label": 2, "unknown_segment": 2}}  # segment 99 of each scene's counter
+    assert stats == {**recorded, "scenes_imported": 2, "scenes_reused": 0}
     ds = Dataset(out)
     assert ds.label_set is SCANNET20 and ds.meta["source"] == "scannet"
     assert ds.split("train") == ["scene0000_00"] and ds.split("val") == ["scene0001_00"] and ds.split("clip") == []
-    assert ds.meta["import"] == stats and ds.meta["frame_skip"] == 3
+    assert ds.meta["import"] == recorded and ds.meta["frame_skip"] == 3
     assert not list((out / "scenes").glob(".*")), "no temporary directories left"
 
 
@@ -158,14 +165,16 @@ def test_scannet_dataset_and_stats(scannet_import):
 def test_scannet_scene_points_mesh_boxes(scannet_import, sid):
     scenes, out, _ = scannet_import
     want = scenes[sid]
+    xyz = aligned(want["xyz"], want["axis_alignment"])
     sc = Dataset(out).scene(sid)
+    assert sc.meta["axis_alignment"] == want["axis_alignment"].tolist()
     pts = sc.points()
-    np.testing.assert_array_equal(pts["xyz"], want["xyz"])
+    np.testing.assert_array_equal(pts["xyz"], xyz)
     np.testing.assert_array_equal(pts["rgb"], want["rgb"])
     assert pts["semantic"].tolist() == VERTEX_SEM
     assert pts["instance"].tolist() == VERTEX_INST
     mesh = sc.mesh()
-    np.testing.assert_array_equal(mesh["vertices"], want["xyz"])
+    np.testing.assert_array_equal(mesh["vertices"], xyz)
     np.testing.assert_array_equal(mesh["colors"], want["rgb"])
     np.testing.assert_array_equal(mesh["faces"], want["faces"])
     assert mesh["semantic"].tolist() == FACE_SEM and mesh["instance"].tolist() == FACE_INST
@@ -173,37 +182,54 @@ def test_scannet_scene_points_mesh_boxes(scannet_import, sid):
     # thing instances: chair (1, vertices 0-2) and counter (3, vertices 6-7); wall and ignored ones have none
     assert [(b["instance"], b["semantic"], b["class"]) for b in boxes] == [(1, CHAIR, "chair"),
                                                                             (3, COUNTER, "counter")]
-    for b, rows in zip(boxes, ([0, 1, 2], [6, 7])):
-        center, size = expected_box(want["xyz"][rows])
+    for b, rows in zip(boxes, ([0, 1, 2], [6, 7])):  # boxes of the aligned points
+        center, size = expected_box(xyz[rows])
         assert b["center"] == pytest.approx(center, abs=1e-5) and b["size"] == pytest.approx(size, abs=1e-5)
 
 
 @pytest.mark.parametrize("sid", ["scene0000_00", "scene0001_00"])
 def test_scannet_scene_frames(scannet_import, sid):
     scenes, out, _ = scannet_import
-    frames = scenes[sid]["frames"]
+    frames, align = scenes[sid]["frames"], scenes[sid]["axis_alignment"]
     sc = Dataset(out).scene(sid)
-    assert {k: sc.meta[k] for k in ("scene_id", "num_frames", "source_frame", "color_size", "depth_size",
-                                    "depth_shift", "source", "has_mesh")} == {
-        "scene_id": sid, "num_frames": 3, "source_frame": [0, 3, 6], "color_size": [32, 24],
-        "depth_size": [16, 12], "depth_shift": 1000.0, "source": "scannet", "has_mesh": True}
+    assert {k: sc.meta[k] for k in ("scene_id", "num_frames", "frame_ids", "color_size", "depth_size",
+                                    "depth_shift", "source", "has_mesh", "source_num_frames")} == {
+        "scene_id": sid, "num_frames": 3, "frame_ids": [0, 3, 6], "color_size": [32, 24],
+        "depth_size": [16, 12], "depth_shift": 1000.0, "source": "scannet", "has_mesh": True,
+        "source_num_frames": 7}
+    assert sc.frame_ids == [0, 3, 6] and sc.sampled_frames(2) == [0, 6]
     cam = spec.default_camera()
     for name in ("intrinsic_color", "intrinsic_depth", "extrinsic_color", "extrinsic_depth"):
         np.testing.assert_allclose(read_matrix(sc.path / "intrinsic" / f"{name}.txt"), cam[name], rtol=1e-7)
     color_cam, depth_cam = sc.cameras()
     assert (color_cam.width, color_cam.height, depth_cam.width, depth_cam.height) == (32, 24, 16, 12)
-    for i, src in enumerate([0, 3, 6]):
-        assert sc.frame_path("color", i).read_bytes() == frames[src]["color_jpeg"]  # not re-encoded
-        depth = read_image(sc.frame_path("depth", i), dtype=np.uint16)
+    for src in [0, 3, 6]:  # files named by their index in the .sens, as SensReader names them
+        assert sc.frame_path("color", src).read_bytes() == frames[src]["color_jpeg"]  # not re-encoded
+        depth = read_image(sc.frame_path("depth", src), dtype=np.uint16)
         np.testing.assert_array_equal(depth, frames[src]["depth"])
-        pose = read_matrix(sc.frame_path("pose", i))
+        pose = read_matrix(sc.frame_path("pose", src))
         if src == 3:  # lost tracking: the -inf pose is kept as written
             assert np.isneginf(pose).all()
-            assert sc.frame_path("pose", i).read_text().split() == ["-inf"] * 16
-        else:
-            np.testing.assert_allclose(pose, frames[src]["pose"], rtol=1e-7, atol=0)
-    assert sorted(p.name for p in (sc.path / "color").iterdir()) == ["0.jpg", "1.jpg", "2.jpg"]
-    assert sorted(p.name for p in (sc.path / "depth").iterdir()) == ["0.png", "1.png", "2.png"]
+            assert sc.frame_path("pose", src).read_text().split() == ["-inf"] * 16
+        else:  # camera-to-world in the aligned frame
+            np.testing.assert_allclose(pose, align @ frames[src]["pose"].astype(np.float64), rtol=1e-12, atol=0)
+    assert sorted(p.name for p in (sc.path / "color").iterdir()) == ["0.jpg", "3.jpg", "6.jpg"]
+    assert sorted(p.name for p in (sc.path / "depth").iterdir()) == ["0.png", "3.png", "6.png"]
+    assert sorted(p.name for p in (sc.path / "pose").iterdir()) == ["0.txt", "3.txt", "6.txt"]
+
+
+def test_scannet_aligned_points_project_as_the_recorded_ones(scannet_import):
+    """A vertex seen from a frame's camera: the same camera coordinates before and after the alignment."""
+    scenes, out, _ = scannet_import
+    want = scenes["scene0000_00"]
+    sc = Dataset(out).scene("scene0000_00")
+    pts = sc.points()["xyz"].astype(np.float64)
+    raw = want["xyz"].astype(np.float64)
+    for src in (0, 6):
+        in_cam_raw = np.linalg.solve(want["frames"][src]["pose"].astype(np.float64),
+                                     np.concatenate([raw, np.ones((12, 1))], 1).T)
+        in_cam = np.linalg.solve(sc.pose(src), np.concatenate([pts, np.ones((12, 1))], 1).T)
+        np.testing.assert_allclose(in_cam, in_cam_raw, atol=2e-5)
 
 
 def test_scannet_splits_subdir_max_scenes_frame_skip(tmp_path):
@@ -216,7 +242,7 @@ def test_scannet_splits_subdir_max_scenes_frame_skip(tmp_path):
     assert stats["scenes"] == {"clip": 0, "train": 1, "val": 1} and stats["frames"] == 8
     ds = Dataset(tmp_path / "out")
     assert ds.split("train") == ["scene0000_01"]
-    assert ds.scene("scene0000_01").meta["source_frame"] == [0, 1, 2, 3]
+    assert ds.scene("scene0000_01").meta["frame_ids"] == [0, 1, 2, 3]
     assert "invalid_pose" not in stats["defects"]
 
 
@@ -311,8 +337,12 @@ def test_s3dis_splits_and_stats(s3dis_import):
 def test_s3dis_room_points_labels_instances_boxes(s3dis_import):
     written, out, _, _ = s3dis_import
     sc = Dataset(out).scene("Area_1_office_10")
-    assert sc.meta == {"scene_id": "Area_1_office_10", "num_frames": 0, "source_frame": [], "source": "s3dis",
-                       "has_mesh": False, "area": 1, "room": "office_10"}
+    meta = dict(sc.meta)
+    record = meta.pop("import")
+    assert meta == {"scene_id": "Area_1_office_10", "num_frames": 0, "frame_ids": [], "source": "s3dis",
+                    "has_mesh": False, "area": 1, "room": "office_10"}
+    assert record["stats"] == {"points": 25, "bad_line_files": {}}
+    assert sorted(record["key"]["files"]) == sorted(f"{c}_{k}.txt" for c, k, _ in ROOM_OBJECTS) and sc.frame_ids == []
     want = np.concatenate([written["objs"][o] for o in ROOM_ORDER])
     pts = sc.points()
     np.testing.assert_array_equal(pts["xyz"], want[:, :3].astype(np.float32))

@@ -78,7 +78,7 @@ from tqdm import tqdm
 
 from .errors import InputError, bad
 from .fsutil import atomic_dir, write_json
-from .scene import Dataset, FrameDefect, Scene, sampled_frames
+from .scene import Dataset, FrameDefect, Scene
 
 FORMAT = "text4point-correspondences-v1"
 STAGE_SPLITS = ("train", "val")
@@ -395,7 +395,7 @@ def _process_scene(scene: Scene, cfg: dict, dev: torch.device, splat: bool) -> d
     rays = torch.as_tensor(rays_np, device=dev).to(dtype)
     c2d = coincident_color_to_depth(dcam.K, ccam.K, ext_d, ext_c, (Wd, Hd), (Wc, Hc), dev) if splat else None
 
-    sampled = sampled_frames(scene.num_frames, int(c["frame_skip"]))
+    sampled = scene.sampled_frames(int(c["frame_skip"]))
     skipped = {r: 0 for r in FRAME_REASONS + SCENE_REASONS}
     color_ids, depth_ids = _frame_ids(scene.path / "color", "jpg"), _frame_ids(scene.path / "depth", "png")
     candidates = sampled
@@ -586,7 +586,7 @@ def check_matches_scene(corr_dir: str | os.PathLike, scene: Scene) -> None:
         raise InputError(f"{where}: colour size {stats['color_size']}, the scan's is {scene.meta.get('color_size')}")
     frames = np.asarray(arrays["frames"])
     skip = int(stats["params"].get("frame_skip", 1))
-    bad_ids = sorted(set(frames.tolist()) - set(sampled_frames(scene.num_frames, skip)))
+    bad_ids = sorted(set(frames.tolist()) - set(scene.sampled_frames(skip)))
     if bad_ids:
         raise InputError(f"{where}: frame ids {bad_ids[:5]} are not sampled frames of its "
                          f"{scene.num_frames} frames (frame_skip {skip})")

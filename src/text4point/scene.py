@@ -5,7 +5,7 @@ Both the offline world generator and the real-data importers write it::
     <root>/dataset.json              label set, source, per-split scene counts, params hash
     <root>/splits/<split>.txt        scene ids, one per line (clip / train / val)
     <root>/scenes/<scene>/
-        scene.json                   scene id, frame count, image sizes, depth shift, source
+        scene.json                   scene id, frame count, frame ids, image sizes, depth shift, source
         points.ply                   x y z red green blue semantic instance   (the labelled scene cloud)
         mesh.ply                     optional: coloured triangle mesh, per-face semantic and instance
         boxes.json                   one axis-aligned box per object instance
@@ -14,7 +14,10 @@ Both the offline world generator and the real-data importers write it::
         label/<i>.png  (uint8 semantic ids, 255 ignore)  instance/<i>.png (uint16 ids, 0 none)
 
 ``color``/``depth``/``pose``/``intrinsic`` mirror the directories that ScanNet's SensReader export
-writes, so tools written for exported ScanNet read this layout as it is.
+writes, so tools written for exported ScanNet read this layout as it is. ``<i>`` is a frame id: 0..n-1 for the
+offline world; for an imported recording the frame's index in the source (ScanNet's ``.sens``: every
+``frame_skip``-th, as SensReader names its exports), listed in ``scene.json["frame_ids"]`` (ascending; absent
+means 0..num_frames-1). ``Scene.frame_ids`` and ``Scene.sampled_frames`` are how stages enumerate frames.
 Semantic ids index the dataset's label set; ``labels.IGNORE_LABEL`` marks unlabeled data.
 """
 
@@ -245,7 +248,13 @@ class Scene:
                 raise bad(meta_path, key, "a value")
         self.id: str = self.meta["scene_id"]
         self.num_frames: int = int(self.meta["num_frames"])
+        self.frame_ids: list[int] = _frame_ids(self.meta, meta_path, self.num_frames)
         self.depth_shift: float = float(self.meta.get("depth_shift", 1000.0))
+
+    def sampled_frames(self, frame_skip: int) -> list[int]:
+        """Every ``frame_skip``-th of the scene's frame ids (``frame_ids[0], frame_ids[k], ...``): the frames later
+        stages use."""
+        return self.frame_ids[::frame_skip]
 
     def points(self) -> dict[str, np.ndarray]:
         return read_points(self.path / "points.ply")
@@ -310,8 +319,22 @@ class Scene:
 
 
 def sampled_frames(num_frames: int, frame_skip: int) -> list[int]:
-    """Every ``frame_skip``-th frame index (0, k, 2k, ...): the frames later stages use."""
+    """Every ``frame_skip``-th of the frame ids 0..num_frames-1 (0, k, 2k, ...); for a scene whose ids are the
+    recording's (an import), ``Scene.sampled_frames``."""
     return list(range(0, num_frames, frame_skip))
+
+
+def _frame_ids(meta: dict, meta_path: Path, num_frames: int) -> list[int]:
+    ids = meta.get("frame_ids")
+    if ids is None:
+        return list(range(num_frames))
+    ok = (isinstance(ids, list) and len(ids) == num_frames
+          and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids)
+          and all(a < b for a, b in zip(ids, ids[1:])))
+    if not ok:
+        got = f"{len(ids)} entries" if isinstance(ids, list) else type(ids).__name__
+        raise bad(meta_path, "frame_ids", f"{num_frames} ascending integers >= 0 (one per frame, num_frames)", got)
+    return ids
 
 
 class Dataset:

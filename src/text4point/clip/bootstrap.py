@@ -260,7 +260,7 @@ def collect_crops(data_root: Path, split: str, label_set: LabelSet, size: int, b
     With ``dense`` (see ``frame_crops``) also ``frames`` ``[F, h, w, 3]``, ``regions`` ``[n, gh, gw]`` and
     ``region_frame`` ``[n]`` (the row in ``frames`` of each crop's frame): the region term's data."""
     ds = Dataset(data_root)
-    items = [(split, sid, f) for sid in ds.split(split) for f in range(ds.scene(sid).num_frames)]
+    items = [(split, sid, f) for sid in ds.split(split) for f in ds.scene(sid).frame_ids]
     loader = torch.utils.data.DataLoader(
         _CropFrames(data_root, items, label_set, size, bcfg["min_crop_pixels"], bcfg["max_crops_per_frame"], seed,
                     train, dense), batch_size=4, shuffle=False, num_workers=int(bcfg.get("workers", 0)),
@@ -490,7 +490,7 @@ def dense_zero_shot(handle: ClipHandle, data_root: Path, split: str, label_set: 
         scene = ds.scene(sid)
         size = input_size or dense_input_size(handle, scene.meta["color_size"])
         grid = grid_geometry(handle, scene.meta["color_size"], size)
-        for f in range(0, scene.num_frames, every):
+        for f in scene.frame_ids[::every]:
             try:
                 color, sem = decode_color(scene, f, size), scene.label(f)  # decoded as the features stage does
             except FrameDefect:

@@ -16,7 +16,7 @@ Dense features (``dense_features``) live in CLIP's joint image-text space, one v
 Features are not L2-normalized (their mean is the image embedding); consumers normalize as they need.
 
 The ``clip_features`` stage (``run_stage``) caches, for every train and val scene and every frame in
-``sampled_frames(num_frames, correspondences.frame_skip)`` whose colour image decodes::
+``Scene.sampled_frames(correspondences.frame_skip)`` whose colour image decodes::
 
     <out>/<scene>/features.npy    float16 [F, gh, gw, d]   (written incrementally through a memmap)
     <out>/<scene>/frames.npy      int32 [F]                 frame index of each row
@@ -46,13 +46,13 @@ from .. import faults
 from ..errors import InputError
 from ..fsutil import atomic_path, write_json
 from ..labels import LABEL_SETS
-from ..scene import Dataset, FrameDefect, Scene, read_image, sampled_frames
+from ..scene import Dataset, FrameDefect, Scene, read_image
 from .load import ClipHandle, load_clip, preprocess_images, same_weights
 
 FEATURE_DTYPE = np.float16
 TEXT_FILE = "text_embeddings.pt"
 MANIFEST = "manifest.json"
-TEXT_LABEL_SETS = ("scannet20", "s3dis13")
+TEXT_LABEL_SETS = ("scannet20", "s3dis13", "sunrgbd10")
 FEATURE_SPLITS = ("train", "val")
 
 
@@ -400,7 +400,7 @@ def run_stage(cfg: dict, data_root: Path, out_dir: Path, device, progress: bool 
             scene = ds.scene(sid)
             scene_ids.append(sid)
             split_of[sid] = split
-            frames[sid] = sampled_frames(scene.num_frames, skip)
+            frames[sid] = scene.sampled_frames(skip)
     feat_cfg = clip_cfg.get("features", {})
     result = cache_features(handle, data_root, scene_ids, frames, out_dir, int(feat_cfg.get("batch_size", 16)),
                             int(feat_cfg.get("workers", 2)), progress=progress)
