@@ -936,3 +936,28 @@ def test_sunrgbd_missing_metadata_and_bad_depth(tmp_path):
     with pytest.raises(InputError) as e:
         import_sunrgbd({"path": str(root)}, tmp_path / "out2", tmp_path / "dl", progress=False)
     assert one_line(e) == (f"{meta}: file not found (SUN RGB-D's metadata; or {root / 'SUNRGBDMeta3DBB_v2.mat'})")
+
+
+def test_write_mesh_writes_the_bytes_plyfile_writes(tmp_path):
+    """The importer's mesh writer (faces as one packed array: ~80k-vertex ScanNet meshes) = plyfile's output."""
+    from plyfile import PlyData, PlyElement
+
+    from text4point.scene import read_mesh, write_mesh
+
+    rng = np.random.default_rng(0)
+    for n, m in ((7, 9), (300, 0)):
+        V, C = rng.normal(size=(n, 3)), rng.integers(0, 256, (n, 3))
+        F, S, inst = rng.integers(0, n, (m, 3)), rng.integers(0, 21, m), rng.integers(-2, 9, m)
+        write_mesh(tmp_path / "fast.ply", V, C, F, S, inst)
+        v = np.empty(n, dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"),
+                               ("blue", "u1")])
+        v["x"], v["y"], v["z"] = V.astype(np.float32).T
+        v["red"], v["green"], v["blue"] = C.astype(np.uint8).T
+        f = np.empty(m, dtype=[("vertex_indices", "i4", (3,)), ("semantic", "u1"), ("instance", "i4")])
+        f["vertex_indices"], f["semantic"], f["instance"] = F, S, inst
+        PlyData([PlyElement.describe(v, "vertex"), PlyElement.describe(f, "face")],
+                byte_order="<").write(str(tmp_path / "plyfile.ply"))
+        assert (tmp_path / "fast.ply").read_bytes() == (tmp_path / "plyfile.ply").read_bytes()
+        back = read_mesh(tmp_path / "fast.ply")
+        np.testing.assert_array_equal(back["faces"], F.reshape(-1, 3))
+        np.testing.assert_array_equal(back["instance"], inst)

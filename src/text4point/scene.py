@@ -97,19 +97,33 @@ def read_points(path: str | os.PathLike) -> dict[str, np.ndarray]:
     }
 
 
+_MESH_HEADER = ("ply\nformat binary_little_endian 1.0\nelement vertex {nv}\nproperty float x\nproperty float y\n"
+                "property float z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\n"
+                "element face {nf}\nproperty list uchar int vertex_indices\nproperty uchar semantic\n"
+                "property int instance\nend_header\n")
+
+
 def write_mesh(path: str | os.PathLike, vertices: np.ndarray, colors: np.ndarray, faces: np.ndarray,
                face_semantic: np.ndarray, face_instance: np.ndarray) -> None:
-    """Write a coloured triangle mesh with per-face semantic and instance ids (binary PLY, atomically)."""
-    v = np.empty(len(vertices), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"),
+    """Write a coloured triangle mesh with per-face semantic and instance ids (binary PLY, atomically).
+
+    The bytes are those plyfile writes for these elements; the faces (a list property, which plyfile writes one
+    row at a time) go out as one packed array of (count 3, three indices, semantic, instance).
+    """
+    v = np.empty(len(vertices), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
                                        ("red", "u1"), ("green", "u1"), ("blue", "u1")])
     v["x"], v["y"], v["z"] = np.asarray(vertices, dtype=np.float32).T
     v["red"], v["green"], v["blue"] = np.asarray(colors, dtype=np.uint8).T
-    f = np.empty(len(faces), dtype=[("vertex_indices", "i4", (3,)), ("semantic", "u1"), ("instance", "i4")])
-    f["vertex_indices"] = faces
+    f = np.empty(len(faces), dtype=[("n", "u1"), ("vertex_indices", "<i4", (3,)), ("semantic", "u1"),
+                                    ("instance", "<i4")])
+    f["n"] = 3
+    f["vertex_indices"] = np.asarray(faces).reshape(-1, 3)
     f["semantic"] = face_semantic
     f["instance"] = face_instance
-    with atomic_path(path) as tmp:
-        PlyData([PlyElement.describe(v, "vertex"), PlyElement.describe(f, "face")], byte_order="<").write(str(tmp))
+    with atomic_path(path) as tmp, open(tmp, "wb") as out:
+        out.write(_MESH_HEADER.format(nv=len(v), nf=len(f)).encode("ascii"))
+        out.write(v.tobytes())
+        out.write(f.tobytes())
 
 
 def read_mesh(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -182,8 +196,11 @@ def read_matrix(path: str | os.PathLike) -> np.ndarray:
     return vals.reshape(4, 4)
 
 
-def write_image(path: str | os.PathLike, array: np.ndarray, quality: int = 92) -> None:
-    """Write colour (JPEG), uint16 depth/instance (16-bit PNG) or uint8 labels (PNG) atomically."""
+def write_image(path: str | os.PathLike, array: np.ndarray, quality: int = 92, compress_level: int = 6) -> None:
+    """Write colour (JPEG), uint16 depth/instance (16-bit PNG) or uint8 labels (PNG) atomically.
+
+    ``compress_level``: the PNG's zlib level (6, PIL's default; an importer writing hundreds of thousands of
+    depth images uses 1: ~7x faster for ~8% more bytes)."""
     path = Path(path)
     a = np.asarray(array)
     if a.dtype == np.uint16:
@@ -194,7 +211,7 @@ def write_image(path: str | os.PathLike, array: np.ndarray, quality: int = 92) -
         if path.suffix.lower() in (".jpg", ".jpeg"):
             img.save(tmp, format="JPEG", quality=quality)
         else:
-            img.save(tmp, format="PNG")
+            img.save(tmp, format="PNG", compress_level=compress_level)
 
 
 def read_image(path: str | os.PathLike, dtype: type = np.uint8, size: tuple[int, int] | None = None,

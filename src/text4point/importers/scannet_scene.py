@@ -20,6 +20,7 @@ from ..scene import boxes_from_points, write_boxes, write_image, write_matrix, w
 from .sens import COLOR_COMPRESSION, SensDecodeError, SensFile
 
 FORMAT_VERSION = 2  # of what import_scene writes; part of each scene's import key (a change re-imports)
+DEPTH_PNG_LEVEL = 1  # zlib level of the exported depth PNGs: ~7x faster to write than level 6, ~8% larger
 
 
 def scene_files(scan_dir: Path) -> dict[str, Path]:
@@ -290,7 +291,7 @@ def export_frames(sens: SensFile, out: Path, frame_skip: int, align: np.ndarray,
             (out / "color" / f"{i}.jpg").write_bytes(color)  # the recorded bytes, inside the scene's temp dir
         else:
             write_image(out / "color" / f"{i}.jpg", color)
-        write_image(out / "depth" / f"{i}.png", depth)
+        write_image(out / "depth" / f"{i}.png", depth, compress_level=DEPTH_PNG_LEVEL)
         pose = fr.camera_to_world
         if np.isfinite(pose).all():
             pose = align @ pose.astype(np.float64)
