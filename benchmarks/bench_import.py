@@ -147,14 +147,20 @@ def main() -> None:
         root, info = make_release(tmp, args.frames, args.scenes)
         gen_s = time.perf_counter() - t0
         walls: dict[int, list[float]] = {w: [] for w in args.workers}
+        cpus: dict[int, list[float]] = {w: [] for w in args.workers}
+        load = [os.getloadavg()[0]]
         exported = None
         for rep in range(args.repeats):
             for w in args.workers:  # interleaved, so that a busy shared machine hits both alike
                 out = tmp / f"out_{w}_{rep}"
                 cfg = {"path": str(root), "frame_skip": args.frame_skip, "workers": w}
-                t0 = time.perf_counter()
+                c0, t0 = os.times(), time.perf_counter()
                 stats = import_scannet(cfg, out, tmp / "dl", progress=False)
                 walls[w].append(time.perf_counter() - t0)
+                c1 = os.times()  # this process and its (joined) worker processes
+                cpus[w].append(sum(getattr(c1, k) - getattr(c0, k) for k in
+                                   ("user", "system", "children_user", "children_system")))
+                load.append(os.getloadavg()[0])
                 assert stats["scenes_imported"] == args.scenes
                 exported = stats["frames"] // args.scenes
                 shutil.rmtree(out)
@@ -164,8 +170,11 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "scene": info, "frame_skip": args.frame_skip, "frames_exported_per_scene": exported,
         "scenes_per_import": args.scenes, "repeats": args.repeats, "generation_seconds": round(gen_s, 1),
+        "load_average_1min": [round(x, 2) for x in load],
         "workers": {str(w): {"wall_seconds": [round(x, 2) for x in walls[w]],
+                             "cpu_seconds": [round(x, 2) for x in cpus[w]],
                              "seconds_per_scene": round(per[w], 2), "scenes_per_hour": round(3600 / per[w], 1),
+                             "cpu_seconds_per_scene": round(statistics.median(cpus[w]) / args.scenes, 2),
                              "speedup_vs_1": round(base / per[w], 3)} for w in args.workers},
     }
     out = Path(args.out)
@@ -179,11 +188,20 @@ def main() -> None:
              f"{DEPTH[0]}x{DEPTH[1]} zlib depth, mean {s['mean_depth_zlib_bytes'] // 1024} KiB), a "
              f"{s['mesh_vertices']}-vertex mesh; frame_skip {args.frame_skip} ({exported} frames exported per "
              f"scene). The release holds it {args.scenes} times; medians of {args.repeats} imports per setting, "
-             f"settings interleaved in one run, warm page cache.", "",
-             "| workers | seconds per scene | scenes per hour | speed-up vs 1 worker |", "|---|---|---|---|"]
+             f"settings interleaved in one run, warm page cache. 1-minute load average during the run: "
+             f"{min(load):.1f} to {max(load):.1f} (other users' processes included).", "",
+             "| workers | seconds per scene (wall) | scenes per hour | CPU seconds per scene | speed-up vs 1 worker |",
+             "|---|---|---|---|---|"]
     for w in args.workers:
         r = result["workers"][str(w)]
-        lines.append(f"| {w} | {r['seconds_per_scene']} | {r['scenes_per_hour']} | {r['speedup_vs_1']} |")
+        lines.append(f"| {w} | {r['seconds_per_scene']} | {r['scenes_per_hour']} | {r['cpu_seconds_per_scene']} | "
+                     f"{r['speedup_vs_1']} |")
+    one = result["workers"][str(args.workers[0])]
+    share = one["cpu_seconds_per_scene"] / one["seconds_per_scene"]
+    lines += ["", f"With {args.workers[0]} worker a scene took {one['cpu_seconds_per_scene']} CPU seconds in "
+              f"{one['seconds_per_scene']} s of wall time ({share:.0%} of a core: the CPUs are shared with other "
+              "processes); CPU seconds per scene at more workers include each worker's start-up. The import is "
+              "CPU-bound on a warm cache, so more workers gain only where cores are free."]
     lines += ["", f"ScanNet v2 train + val (1513 scans) at these rates: "
               + ", ".join(f"{1513 * per[w] / 3600:.1f} h with {w} worker{'s' if w > 1 else ''}" for w in args.workers)
               + " (scans differ in length: ScanNet's run from a few hundred to ~5000 frames)."]

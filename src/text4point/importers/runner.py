@@ -30,7 +30,6 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from .. import faults
 from ..fsutil import atomic_dir, write_json
 from ..labels import LabelSet
 from ..scene import write_dataset_meta
@@ -125,7 +124,6 @@ def import_one(scenes: Path, job: SceneJob, work: Callable) -> dict:
     """Write one scene into a temporary directory renamed to ``scenes/<id>`` when complete; return its stats."""
     with atomic_dir(scenes / job.scene_id) as tmp:
         meta, stats = work(tmp, *job.args)
-        faults.point("import.scene", scene=job.scene_id)  # the scene written, its scene.json not yet
         write_json(tmp / "scene.json", {**meta, RECORD: {"key": _normal(job.key), "stats": stats}})
     return stats
 
