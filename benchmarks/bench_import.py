@@ -202,7 +202,7 @@ def main() -> None:
               f"{one['seconds_per_scene']} s of wall time ({share:.0%} of a core: the CPUs are shared with other "
               "processes); CPU seconds per scene at more workers include each worker's start-up. The import is "
               "CPU-bound on a warm cache, so more workers gain only where cores are free."]
-    lines += ["", f"ScanNet v2 train + val (1513 scans) at these rates: "
+    lines += ["", "ScanNet v2 train + val (1513 scans) at these rates: "
               + ", ".join(f"{1513 * per[w] / 3600:.1f} h with {w} worker{'s' if w > 1 else ''}" for w in args.workers)
               + " (scans differ in length: ScanNet's run from a few hundred to ~5000 frames)."]
     write_text(out / "import.md", "\n".join(lines) + "\n")

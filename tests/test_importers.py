@@ -805,7 +805,7 @@ def sun_world_point(fr: dict, v: int, u: int) -> np.ndarray:
 
 def votenet_corners(box: dict) -> np.ndarray:
     """VoteNet's sunrgbd_utils.compute_box_3d, from its label fields (w, l, h = |coeffs|; heading from orientation)."""
-    w, l, h = np.abs(box["coeffs"])
+    w, l, h = np.abs(box["coeffs"])  # noqa: E741  (VoteNet's names)
     heading = -np.arctan2(box["orientation"][1], box["orientation"][0])
     t = -heading
     R = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
@@ -904,7 +904,7 @@ def test_sunrgbd_boxes_axis_aligned_with_heading_and_point_labels(sun_import):
         c, s = np.cos(t), np.sin(t)
         d = xyz - src["centroid"]
         q = np.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1], d[:, 2]], 1)
-        w, l, h = np.abs(src["coeffs"])
+        w, l, h = np.abs(src["coeffs"])  # noqa: E741
         inside.append((np.abs(q) <= [l, w, h]).all(1))
     want_inst = np.where(inside[0], 1, np.where(inside[1], 2, np.where(inside[2], 3, 0)))
     assert inside[0].sum() > 0 and (inside[1] & ~inside[0]).sum() > 0  # the test exercises first-box-wins
