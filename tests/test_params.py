@@ -30,7 +30,7 @@ def test_default_and_tiny_params_are_valid():
     (lambda c: c["data"]["world"].update(frames_per_scene=1),
      "params.yaml: data.world.frames_per_scene: expected a value >= 2 and <= 5000, got 1"),
     (lambda c: c["data"].update(source="scanet"),
-     "params.yaml: data.source: expected one of ['world', 'scannet', 's3dis'], got 'scanet'"),
+     "params.yaml: data.source: expected one of ['world', 'scannet', 's3dis', 'sunrgbd'], got 'scanet'"),
     (lambda c: c["correspondences"].update(overlap_threshold=1.5),
      "params.yaml: correspondences.overlap_threshold: expected a value >= 0.0 and <= 1.0, got 1.5"),
     (lambda c: c.pop("clip"), "params.yaml: clip: missing; it is required"),

@@ -60,18 +60,16 @@ def cmd_data(args) -> None:
     source = data["source"]
     out = Path(args.out)
     t0 = time.perf_counter()
-    with atomic_dir(out) as tmp:
-        if source == "world":
-            from .world.generate import generate_world
+    if source == "world":
+        from .world.generate import generate_world
 
+        with atomic_dir(out) as tmp:
             result = generate_world(tmp, data["world"], cfg["seed"], progress=not args.quiet)
-            metrics, detail = result["summary"], result["scenes"]
-        else:
-            from .importers import s3dis, scannet
+        metrics, detail = result["summary"], result["scenes"]
+    else:  # written in place, scene by scene, dataset.json last: a rerun resumes (text4point.importers.runner)
+        from .importers import run_import
 
-            importer = {"scannet": scannet.import_scannet, "s3dis": s3dis.import_s3dis}[source]
-            metrics = importer(data[source], tmp, Path(args.downloads), progress=not args.quiet)
-            detail = []
+        metrics, detail = run_import(source, data[source], out, Path(args.downloads), progress=not args.quiet), []
     metrics = {"source": source, "seconds_total": round(time.perf_counter() - t0, 2), **metrics}
     if args.scene_stats:
         import pandas as pd
@@ -218,8 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--params-json", help="the parameter sections as JSON (how Snakemake rules pass them)")
         return p
 
-    p = with_params(sub.add_parser("data", help="generate the offline world or import ScanNet/S3DIS"))
-    p.add_argument("--out", required=True, help="dataset root to write (replaced atomically)")
+    p = with_params(sub.add_parser("data", help="generate the offline world or import ScanNet/S3DIS/SUN RGB-D"))
+    p.add_argument("--out", required=True, help="dataset root (the world: replaced atomically; an import: resumed)")
     p.add_argument("--metrics", required=True, help="metrics JSON to write")
     p.add_argument("--scene-stats", help="per-scene statistics CSV to write (the world's plot data)")
     p.add_argument("--downloads", default="data/downloads", help="where archives are downloaded/extracted")

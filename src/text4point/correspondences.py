@@ -75,7 +75,7 @@ from .fsutil import write_json
 from .geometry import (GRID_HALF, affine, as_matrix, backproject, in_grid, project, project_with, projection_matrix,
                        voxelize)
 from .runtime import cpu_threads, resolve_device
-from .scene import Dataset, FrameDefect, Scene, sampled_frames
+from .scene import Dataset, FrameDefect, Scene
 
 STAGE_SPLITS = ("train", "val")
 FRAME_REASONS = ("missing_pose", "invalid_pose", "missing_image", "corrupt_image", "bad_image_size",
@@ -280,7 +280,7 @@ def _process_scene(scene: Scene, cfg: dict, dev: torch.device, splat: bool) -> d
     rays = torch.as_tensor(rays_np, device=dev).to(dtype)
     c2d = coincident_color_to_depth(dcam.K, ccam.K, ext_d, ext_c, (Wd, Hd), (Wc, Hc), dev) if splat else None
 
-    sampled = sampled_frames(scene.num_frames, int(c["frame_skip"]))
+    sampled = scene.sampled_frames(int(c["frame_skip"]))
     skipped = {r: 0 for r in FRAME_REASONS + SCENE_REASONS}
     color_ids, depth_ids = _frame_ids(scene.path / "color", "jpg"), _frame_ids(scene.path / "depth", "png")
     candidates = sampled

@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import InputError, bad
 from .fsutil import atomic_dir, write_json
-from .scene import Scene, sampled_frames
+from .scene import Scene
 
 FORMAT = "text4point-correspondences-v1"
 
@@ -105,7 +105,7 @@ def check_matches_scene(corr_dir: str | os.PathLike, scene: Scene) -> None:
         raise InputError(f"{where}: colour size {stats['color_size']}, the scan's is {scene.meta.get('color_size')}")
     frames = np.asarray(arrays["frames"])
     skip = int(stats["params"].get("frame_skip", 1))
-    bad_ids = sorted(set(frames.tolist()) - set(sampled_frames(scene.num_frames, skip)))
+    bad_ids = sorted(set(frames.tolist()) - set(scene.sampled_frames(skip)))
     if bad_ids:
         raise InputError(f"{where}: frame ids {bad_ids[:5]} are not sampled frames of its "
                          f"{scene.num_frames} frames (frame_skip {skip})")

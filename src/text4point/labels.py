@@ -1,4 +1,4 @@
-"""Label sets: ScanNet's 20 benchmark classes, S3DIS's 13 classes, and the ignore label.
+"""Label sets: ScanNet's 20 benchmark classes, S3DIS's 13 classes, SUN RGB-D's 10 detection classes, the ignore label.
 
 Every dataset on disk stores semantic ids as indices into its label set (0..K-1) and
 ``IGNORE_LABEL`` (255) where a point or pixel is unlabeled or of a class outside the benchmark,
@@ -52,7 +52,15 @@ S3DIS13 = LabelSet(
                    "clutter"),
 )
 
-LABEL_SETS = {ls.name: ls for ls in (SCANNET20, S3DIS13)}
+# VoteNet's SUN RGB-D detection benchmark: its ten classes, in its order (sunrgbd_utils.type2class).
+SUNRGBD10 = LabelSet(
+    name="sunrgbd10",
+    classes=("bed", "table", "sofa", "chair", "toilet", "desk", "dresser", "night_stand", "bookshelf", "bathtub"),
+    thing_classes=("bed", "table", "sofa", "chair", "toilet", "desk", "dresser", "night_stand", "bookshelf",
+                   "bathtub"),
+)
+
+LABEL_SETS = {ls.name: ls for ls in (SCANNET20, S3DIS13, SUNRGBD10)}
 
 
 def nyu40_to_scannet20() -> dict[int, int]:

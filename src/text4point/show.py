@@ -50,7 +50,7 @@ def show(root: Path, out_dir: Path, scenes: int = 1, split: str = "val") -> list
         written.append(p)
 
         if sc.num_frames:
-            for i in range(sc.num_frames):
+            for i in sc.frame_ids:
                 try:
                     sc.pose(i)
                     color, depth = sc.color(i), sc.depth(i)

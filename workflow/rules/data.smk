@@ -14,7 +14,7 @@ rule data:
         "logs/data.log",
     benchmark:
         "results/benchmarks/stages/data.tsv"
-    threads: config["data"]["world"]["workers"]
+    threads: config["data"]["scannet" if config["data"]["source"] == "scannet" else "world"]["workers"]
     shell:
         "text4point data --params-json {params.cfg:q} --out {params.root} "
         "--metrics {output.metrics} --scene-stats {output.scene_stats} --quiet > {log} 2>&1"

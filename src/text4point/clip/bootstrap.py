@@ -246,7 +246,7 @@ def dense_zero_shot(handle: ClipHandle, data_root: Path, split: str, label_set: 
         scene = ds.scene(sid)
         size = input_size or dense_input_size(handle, scene.meta["color_size"])
         grid = grid_geometry(handle, scene.meta["color_size"], size)
-        for f in range(0, scene.num_frames, every):
+        for f in scene.frame_ids[::every]:
             try:
                 color, sem = decode_color(scene, f, size), scene.label(f)  # decoded as the features stage does
             except FrameDefect:

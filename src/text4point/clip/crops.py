@@ -233,7 +233,7 @@ def collect_crops(data_root: Path, split: str, label_set: LabelSet, size: int, b
     With ``dense`` (see ``frame_crops``) also ``frames`` ``[F, h, w, 3]``, ``regions`` ``[n, gh, gw]`` and
     ``region_frame`` ``[n]`` (the row in ``frames`` of each crop's frame): the region term's data."""
     ds = Dataset(data_root)
-    items = [(split, sid, f) for sid in ds.split(split) for f in range(ds.scene(sid).num_frames)]
+    items = [(split, sid, f) for sid in ds.split(split) for f in ds.scene(sid).frame_ids]
     loader = torch.utils.data.DataLoader(
         _CropFrames(data_root, items, label_set, size, bcfg["min_crop_pixels"], bcfg["max_crops_per_frame"], seed,
                     train, dense), batch_size=4, shuffle=False, num_workers=int(bcfg["workers"]),

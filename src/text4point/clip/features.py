@@ -1,6 +1,6 @@
 """The ``clip_features`` stage: cache the frozen CLIP's dense image features and the label sets' text embeddings.
 
-For every train and val scene and every frame in ``sampled_frames(num_frames, correspondences.frame_skip)``
+For every train and val scene and every frame in ``Scene.sampled_frames(correspondences.frame_skip)``
 whose colour image decodes, the dense features (:func:`text4point.clip.dense.dense_features`) are written
 incrementally through a memmap, with the grid geometry, the text embeddings and, last, the manifest (the layout
 is :mod:`text4point.clip.cache`'s). Frames are decoded at the size the model needs in DataLoader workers.
@@ -19,11 +19,11 @@ from tqdm import tqdm
 from .. import faults
 from ..fsutil import atomic_path, write_json
 from ..labels import LABEL_SETS
-from ..scene import Dataset, FrameDefect, Scene, sampled_frames
+from ..scene import Dataset, FrameDefect, Scene
 from .cache import MANIFEST, TEXT_FILE
 from .dense import FEATURE_DTYPE, dense_features, dense_input_size, frame_tensor, grid_geometry, label_set_text
 from .load import ClipHandle, load_clip
-TEXT_LABEL_SETS = ("scannet20", "s3dis13")
+TEXT_LABEL_SETS = ("scannet20", "s3dis13", "sunrgbd10")
 FEATURE_SPLITS = ("train", "val")
 
 
@@ -209,7 +209,7 @@ def run_stage(cfg: dict, data_root: Path, out_dir: Path, device, progress: bool 
             scene = ds.scene(sid)
             scene_ids.append(sid)
             split_of[sid] = split
-            frames[sid] = sampled_frames(scene.num_frames, skip)
+            frames[sid] = scene.sampled_frames(skip)
     feat_cfg = clip_cfg.get("features", {})
     result = cache_features(handle, data_root, scene_ids, frames, out_dir, int(feat_cfg.get("batch_size", 16)),
                             int(feat_cfg.get("workers", 2)), progress=progress)

@@ -37,6 +37,7 @@ MARKER = ".text4point-extracted.json"
 DESCRIPTIONS = {
     "scannet": "ScanNet v2",
     "s3dis": "S3DIS (Stanford3dDataset_v1.2_Aligned_Version)",
+    "sunrgbd": "SUN RGB-D (SUNRGBD/ with SUNRGBDtoolbox/)",
 }
 _CHUNK = 1 << 20
 

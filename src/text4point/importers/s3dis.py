@@ -7,7 +7,8 @@ Input: ``Area_<N>/<room>/Annotations/<class>_<k>.txt``, one file per annotated o
 Output: one scene per room, id ``Area_<N>_<room>``: ``points.ply`` (all annotation files of the room,
 in (class, k) order; ``instance`` = the file's 1-based position in that order; ``semantic`` = the S3DIS-13
 index), ``boxes.json`` (``scene.boxes_from_points`` over the thing classes) and ``scene.json``
-(``num_frames`` 0, ``has_mesh`` false: S3DIS rooms have no RGB-D frames and no mesh here).
+(``num_frames`` 0, ``has_mesh`` false: S3DIS rooms have no RGB-D frames and no mesh here). Rooms are written
+one by one, each atomically, and a rerun reuses the rooms already written from the same files (``runner``).
 Splits: ``val`` = the rooms of area ``val_area``, ``train`` = the rooms of the other areas, ``clip`` empty;
 ``max_rooms`` keeps the first rooms (natural order) of each split.
 
@@ -25,13 +26,13 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
-
 from ..errors import InputError, bad
-from ..fsutil import atomic_dir, write_json
 from ..labels import S3DIS13
-from ..scene import boxes_from_points, write_boxes, write_dataset_meta, write_points
+from ..scene import boxes_from_points, write_boxes, write_points
+from . import runner
 from .fetch import find_root, resolve_source
+
+FORMAT_VERSION = 1  # of what import_room writes; part of each room's import key
 
 CLASS_ALIASES = {"stairs": "clutter"}
 _ANNOTATION = re.compile(r"^(?P<cls>.+)_(?P<k>\d+)\.txt$")
@@ -72,28 +73,26 @@ def import_s3dis(cfg: dict, out_root: Path, download_dir: Path, progress: bool =
         if not rooms[split]:
             raise InputError(f"{root}: no rooms for split {split!r} (expected Area_<N>/<room>/Annotations/)")
 
-    out_root = Path(out_root)
-    scenes_dir = out_root / "scenes"
-    (out_root / "dataset.json").unlink(missing_ok=True)  # the dataset is complete again only at the end
+    splits: dict[str, list[str]] = {"clip": [], "train": [], "val": []}
+    jobs = []
+    for split in ("train", "val"):
+        for n, room_dir in rooms[split]:
+            sid = f"Area_{n}_{room_dir.name}"
+            files = sorted((room_dir / "Annotations").glob("*.txt")) if (room_dir / "Annotations").is_dir() else []
+            key = {"importer": "s3dis", "format": FORMAT_VERSION, "files": runner.file_sizes(files)}
+            jobs.append(runner.SceneJob(sid, key, (room_dir, n, root)))
+            splits[split].append(sid)
+    per_room, imported = runner.run(out_root, jobs, import_room, progress=progress, desc="import s3dis")
     defects: Counter = Counter()
     bad_files: dict[str, int] = {}
-    points = 0
-    splits: dict[str, list[str]] = {"clip": [], "train": [], "val": []}
-    todo = [(split, n, d) for split in ("train", "val") for n, d in rooms[split]]
-    for split, n, room_dir in tqdm(todo, desc="import s3dis", unit="room", disable=not progress):
-        sid = f"Area_{n}_{room_dir.name}"
-        n_points, room_bad = import_room(room_dir, n, scenes_dir / sid)
-        points += n_points
-        for p, k in room_bad.items():
-            bad_files[p.relative_to(root).as_posix()] = k
-            defects["bad_lines"] += k
-        splits[split].append(sid)
-
-    stats = {"scenes": {k: len(v) for k, v in splits.items()}, "points": points,
+    for st in per_room:
+        bad_files.update(st["bad_line_files"])
+        defects["bad_lines"] += sum(st["bad_line_files"].values())
+    stats = {"scenes": {k: len(v) for k, v in splits.items()}, "points": sum(st["points"] for st in per_room),
              "defects": {k: v for k, v in sorted(defects.items()) if v}, "bad_line_files": bad_files}
-    write_dataset_meta(out_root, S3DIS13, "s3dis", splits,
-                       extra={"import": stats, "val_area": val_area, "max_rooms": max_rooms})
-    return stats
+    runner.finish(out_root, S3DIS13, "s3dis", splits,
+                  extra={"import": stats, "val_area": val_area, "max_rooms": max_rooms})
+    return {**stats, "scenes_imported": len(imported), "scenes_reused": len(jobs) - len(imported)}
 
 
 def _areas(root: Path) -> dict[int, Path]:
@@ -150,8 +149,9 @@ def read_annotation(path: Path) -> tuple[np.ndarray, int]:
     return a.reshape(-1, 6), skipped
 
 
-def import_room(room_dir: Path, area: int, out_dir: Path) -> tuple[int, dict[Path, int]]:
-    """Write one room as a scene (atomically); return (points written, {file: lines skipped})."""
+def import_room(out: Path, room_dir: Path, area: int, root: Path) -> tuple[dict, dict]:
+    """Write one room as a scene into the directory ``out``; return (its scene.json content, its statistics:
+    ``points`` and ``bad_line_files``, {file relative to the release root ``root``: lines skipped})."""
     ann = room_dir / "Annotations"
     if not ann.is_dir():
         raise InputError(f"{ann}: directory not found (each S3DIS room needs Annotations/<class>_<k>.txt)")
@@ -166,7 +166,7 @@ def import_room(room_dir: Path, area: int, out_dir: Path) -> tuple[int, dict[Pat
         arrays.append(a)
         sems.append(sem)
         if n_bad:
-            skipped[p] = n_bad
+            skipped[p.relative_to(root).as_posix()] = n_bad
     counts = np.array([len(a) for a in arrays])
     if not counts.sum():
         raise bad(ann, "points", "at least one point in its annotation files (empty scene)", 0)
@@ -176,11 +176,8 @@ def import_room(room_dir: Path, area: int, out_dir: Path) -> tuple[int, dict[Pat
     semantic = np.repeat(np.array(sems, dtype=np.uint8), counts)
     instance = np.repeat(np.arange(1, len(files) + 1, dtype=np.int32), counts)
     boxes = boxes_from_points(xyz, semantic, instance, S3DIS13.thing_ids)
-    with atomic_dir(out_dir) as tmp:
-        write_points(tmp / "points.ply", xyz, rgb, semantic, instance)
-        write_boxes(tmp / "boxes.json", boxes, S3DIS13)
-        write_json(tmp / "scene.json", {
-            "scene_id": out_dir.name, "num_frames": 0, "source_frame": [], "source": "s3dis", "has_mesh": False,
-            "area": area, "room": room_dir.name,
-        })
-    return len(xyz), skipped
+    write_points(out / "points.ply", xyz, rgb, semantic, instance)
+    write_boxes(out / "boxes.json", boxes, S3DIS13)
+    meta = {"scene_id": f"Area_{area}_{room_dir.name}", "num_frames": 0, "frame_ids": [], "source": "s3dis",
+            "has_mesh": False, "area": area, "room": room_dir.name}
+    return meta, {"points": len(xyz), "bad_line_files": skipped}

@@ -15,7 +15,12 @@ The layout, all little-endian, as written by ScanNet's SensReader (``SensorData`
     (x num_frames)       uint64 timestamp_color, timestamp_depth, color_size_bytes, depth_size_bytes
              color_size_bytes bytes of colour image, depth_size_bytes bytes of depth image
 
-Whatever follows the last frame (the recorder's IMU block) is not read.
+    imu      uint64  num_imu_frames, then num_imu_frames x 128 bytes (5 x 3 float64 rotation rate,
+                     acceleration, magnetic field, attitude, gravity; uint64 timestamp)
+
+The IMU block is not read. A recording whose header claims more frames than it holds (the IMU block follows
+fewer frames) is recognised where the next frame should start, ``"<file>: header: N frames, file: M"``,
+rather than read as a frame header.
 
 ``SensFile`` reads only the header when opened. Iterating it reads each frame's 96-byte header and
 seeks over the image payloads; a ``SensFrame`` reads (``color_bytes``/``depth_bytes``) and decodes
@@ -45,6 +50,7 @@ _MAX_SENSOR_NAME = 1 << 16  # a longer name means the file is not a .sens file
 _HEAD = struct.Struct("<IQ")  # version, sensor-name length
 _CAMERA = struct.Struct("<64f2i4IfQ")  # 4 matrices, compression types, image sizes, depth shift, num_frames
 _FRAME = struct.Struct("<16f4Q")  # camera_to_world, timestamps, payload sizes (96 bytes)
+_IMU_COUNT, IMU_FRAME_SIZE = struct.Struct("<Q"), 5 * 3 * 8 + 8
 
 
 class SensDecodeError(InputError):
@@ -98,6 +104,28 @@ class SensFrame:
         if a.shape != (h, w, 3):
             raise self._error("colour", f"a {w}x{h} RGB image", f"shape {a.shape}")
         return a
+
+    def check_color(self) -> bytes:
+        """The colour payload as stored, once it is known to decode to a ``color_width x color_height`` image.
+
+        A JPEG is decoded at 1/8 scale (libjpeg still reads every entropy-coded block, so a truncated stream or a
+        damaged header is found at a fraction of a full decode's cost); raw and PNG payloads are decoded fully.
+        """
+        s = self._sens
+        data = self.color_bytes()
+        if s.color_compression_type != 2:
+            self.color()
+            return data
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                if img.format != "JPEG" or img.size != (s.color_width, s.color_height):
+                    raise self._error("colour", f"a {s.color_width}x{s.color_height} JPEG image",
+                                      f"a {img.size[0]}x{img.size[1]} {img.format} image")
+                img.draft("RGB", (max(s.color_width // 8, 1), max(s.color_height // 8, 1)))
+                img.load()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise self._error("colour", "a jpeg image", f"undecodable data ({e})") from None
+        return data
 
     def depth(self) -> np.ndarray:
         """Decoded depth image, (depth_height, depth_width) uint16 (divide by ``depth_shift`` for metres)."""
@@ -193,11 +221,16 @@ class SensFile:
         pos = self._frames_offset
         for i in range(self.num_frames):
             avail = self._size - pos
+            self._f.seek(pos)
+            head = self._f.read(min(avail, _FRAME.size))
+            imu = _IMU_COUNT.unpack_from(head)[0] if avail >= _IMU_COUNT.size else None
+            if imu is not None and avail == _IMU_COUNT.size + IMU_FRAME_SIZE * imu:
+                # exactly an IMU block from here to the end: the recording holds i frames, not num_frames
+                raise InputError(f"{self.path}: header: {self.num_frames} frames, file: {i}")
             if avail < _FRAME.size:
                 raise InputError(f"{self.path}: frame {i}: truncated: expected {_FRAME.size} bytes of frame "
                                  f"header, only {avail} bytes left in the file")
-            self._f.seek(pos)
-            v = _FRAME.unpack(self._f.read(_FRAME.size))
+            v = _FRAME.unpack(head)
             color_size, depth_size = v[18], v[19]
             payload = color_size + depth_size
             if payload > avail - _FRAME.size:
