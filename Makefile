@@ -1,5 +1,5 @@
 # The two Quickstart commands: each sets up what is missing (scripts/setup.sh), then runs.
-.PHONY: setup pipeline test lint bench
+.PHONY: setup pipeline test test-fast check lint bench
 
 export HF_HUB_OFFLINE ?= 1
 export DVC_NO_ANALYTICS ?= 1
@@ -14,8 +14,15 @@ pipeline: setup
 test: setup
 	. .venv/bin/activate && python -m pytest -q tests
 
-lint: setup
-	. .venv/bin/activate && snakemake --lint
+# Everything but the end-to-end pipeline tests (@pytest.mark.slow).
+test-fast: setup
+	. .venv/bin/activate && python -m pytest -q -m "not slow" tests
+
+# Style and consistency: ruff (pyproject.toml), Snakemake's linter, and dvc.yaml generated from the package.
+check: setup
+	. .venv/bin/activate && ruff check src tests benchmarks && snakemake --lint && text4point dvc-yaml --check
+
+lint: check
 
 # Speed/memory benchmarks (results in results/benchmarks/); the CLIP and pre-training ones read the
 # default world and the bootstrap checkpoint when the pipeline has made them.

@@ -31,9 +31,8 @@ import torch  # noqa: E402
 
 from text4point import params as P  # noqa: E402
 from text4point.correspondences import STAGE_SPLITS, _read_frame, process_scene  # noqa: E402
-from text4point.runtime import cpu_threads  # noqa: E402
 from text4point.fsutil import write_json, write_text  # noqa: E402
-from text4point.runtime import device  # noqa: E402
+from text4point.runtime import cpu_threads, device  # noqa: E402
 from text4point.scene import Dataset, Scene, sampled_frames  # noqa: E402
 
 TARGET_RATIO = 1.5

@@ -36,9 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-import spec_files as spec  # noqa: E402
 from text4point.fsutil import write_json, write_text  # noqa: E402
 from text4point.importers.scannet import import_scannet  # noqa: E402
+
+import spec_files as spec  # noqa: E402
 
 COLOR, DEPTH = (1296, 968), (640, 480)
 
@@ -184,7 +185,8 @@ def main() -> None:
     lines = ["# ScanNet import speed", "",
              f"Machine: {result['machine']['cpus']} CPUs (shared), Python {result['machine']['python']}. One "
              f"real-sized synthetic scene written from the published formats: `.sens` of {s['sens_frames']} frames "
-             f"({s['sens_bytes'] / 2**30:.2f} GiB; {COLOR[0]}x{COLOR[1]} JPEG, mean {s['mean_jpeg_bytes'] // 1024} KiB; "
+             f"({s['sens_bytes'] / 2**30:.2f} GiB; {COLOR[0]}x{COLOR[1]} JPEG, "
+             f"mean {s['mean_jpeg_bytes'] // 1024} KiB; "
              f"{DEPTH[0]}x{DEPTH[1]} zlib depth, mean {s['mean_depth_zlib_bytes'] // 1024} KiB), a "
              f"{s['mesh_vertices']}-vertex mesh; frame_skip {args.frame_skip} ({exported} frames exported per "
              f"scene). The release holds it {args.scenes} times; medians of {args.repeats} imports per setting, "

@@ -60,7 +60,8 @@ def run_span(log: Path) -> tuple[float, int, str, str]:
               for line in log.read_text().splitlines() if (m := STAMP.match(line.strip()))]
     finished = log.read_text().count("Finished jobid")
     if len(stamps) < 2:
-        raise SystemExit(f"error: {log}: timestamps: expected a Snakemake run log with job timestamps, got {len(stamps)}")
+        raise SystemExit(f"error: {log}: timestamps: expected a Snakemake run log with job timestamps, "
+                         f"got {len(stamps)}")
     return (stamps[-1] - stamps[0]).total_seconds(), finished, str(stamps[0]), str(stamps[-1])
 
 

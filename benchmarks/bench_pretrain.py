@@ -158,15 +158,15 @@ def step_breakdown(cfg: dict, paths: dict, steps: int, dev: torch.device) -> dic
             "batch_size": bs, "steps": len(rows), "points_per_batch": med["points"],
             "seconds": {k: round(v, 5) for k, v in med.items() if k != "points"},
             "step_seconds": round(step, 5),
-            "share": {k: round(med[k] / step, 4) for k in ("data_wait", "to_device", "forward", "backward", "optimizer")},
+            "share": {k: round(med[k] / step, 4)
+                      for k in ("data_wait", "to_device", "forward", "backward", "optimizer")},
             "batch_make_seconds_main_process": round(statistics.median(make), 5),
             "data_share_ok": med["data_wait"] / step <= 0.10}
 
 
 def throughput_child(args) -> None:
     """In a fresh process: steps of one (backbone, width) on pre-made batches; prints one JSON line."""
-    from text4point.runtime import cpu_threads
-    from text4point.runtime import device
+    from text4point.runtime import cpu_threads, device
 
     spec = json.loads(args.child)
     cfg, paths = spec["cfg"], {k: (Path(v) if k in ("world", "corr", "feat") and v else v)
@@ -189,7 +189,8 @@ def throughput_child(args) -> None:
         rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         saved = _saved_for_backward_mb(model, batches[1])
     state_mb = sum(p.numel() * p.element_size() for p in model.parameters()) * 4 / 2 ** 20  # w, grad, 2 moments
-    out = {"saved_for_backward_mb": saved, "params_grads_adam_mb": state_mb,"points_per_second": points / sum(times), "step_seconds": statistics.median(times),
+    out = {"saved_for_backward_mb": saved, "params_grads_adam_mb": state_mb,
+           "points_per_second": points / sum(times), "step_seconds": statistics.median(times),
            "points_per_batch": points / len(times),
            "parameters": sum(p.numel() for p in model.parameters())}
     if dev.type == "cuda":
@@ -285,8 +286,7 @@ def main() -> None:
     if args.child:
         throughput_child(args)
         return
-    from text4point.runtime import cpu_threads
-    from text4point.runtime import device
+    from text4point.runtime import cpu_threads, device
 
     cfg = P.load(args.params)
     dev = device()
@@ -383,7 +383,8 @@ def _markdown(r: dict) -> str:
         lines += ["## Epoch time against cloud size (run_stage, 1 epoch)", "",
                   "| max_points | points per epoch | steps | epoch seconds |", "|---|---|---|---|"]
         for row in s["rows"]:
-            lines.append(f"| {row['max_points']} | {row['points_per_epoch']} | {row['steps']} | {row['epoch_seconds']} |")
+            lines.append(f"| {row['max_points']} | {row['points_per_epoch']} | {row['steps']} | "
+                         f"{row['epoch_seconds']} |")
         lines += ["", f"Fitted exponent (epoch seconds ~ points^k): k = {s['exponent']} (target 0.9-1.1: "
                       f"{'met' if s['in_target'] else 'NOT met'}); over the three largest sizes k = "
                       f"{s['exponent_largest_three']}.", ""]

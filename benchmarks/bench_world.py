@@ -102,12 +102,14 @@ def main() -> None:
              f"Medians of {args.repeats} repeats over {args.scenes} scenes (one process).", "",
              "| figure | value |", "|---|---|",
              f"| seconds per scene (one process) | {result['seconds_per_scene_one_process']} |",
-             f"| frames per second, whole scene incl. cloud, encoding, writing | {result['frames_per_second_one_process']} |",
+             f"| frames per second, whole scene incl. cloud, encoding, writing | "
+             f"{result['frames_per_second_one_process']} |",
              f"| frames per second, ray casting + shading only | {result['render_frames_per_second']} |",
              f"| rendering share of scene time | {result['render_share_of_scene_time']} |"]
     if "default_world" in result:
         d = result["default_world"]
-        lines += [f"| default world: {d['scenes']} scenes, {d['frames']} frames, {d['workers']} workers | {d['seconds']} s |",
+        lines += [f"| default world: {d['scenes']} scenes, {d['frames']} frames, {d['workers']} workers | "
+                  f"{d['seconds']} s |",
                   f"| default world / 5-minute budget | {d['ratio_to_budget']} |"]
     write_text(out / "world.md", "\n".join(lines) + "\n")
     print(json.dumps(result, indent=2))

@@ -23,9 +23,10 @@ import pytest
 import torch
 import yaml
 
+from text4point.errors import InputError
+
 import spec_files as spec
 from conftest import ROOT, TINY, load_yaml
-from text4point.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -592,8 +593,8 @@ def _(c: Ctx) -> Bad:
 @fails("predictions with a class id outside the label set", "figures (CLI)")
 def _(c: Ctx) -> Bad:
     from text4point.fsutil import write_json
-    from text4point.scene import Dataset
     from text4point.runs import run_path
+    from text4point.scene import Dataset
 
     ft_dir, out = c.tmp / "finetune", c.tmp / "figures"
     metrics = run_path(ft_dir, "semseg", "scratch", 0, 1.0)

@@ -12,10 +12,11 @@ import pytest
 import yaml
 from PIL import Image
 
-import spec_files as spec
-from conftest import TINY
 from text4point.errors import InputError
 from text4point.scene import Dataset, FrameDefect, Scene, read_points, write_points
+
+import spec_files as spec
+from conftest import TINY
 
 
 def cli(*args, env=None, cwd=None):

@@ -20,8 +20,6 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-import spec_files as spec  # noqa: E402
-
 from text4point.errors import InputError  # noqa: E402
 from text4point.importers import fetch  # noqa: E402
 from text4point.importers.fetch import MARKER, resolve_source  # noqa: E402
@@ -31,6 +29,8 @@ from text4point.importers.sens import SensFile  # noqa: E402
 from text4point.importers.sunrgbd import import_sunrgbd  # noqa: E402
 from text4point.labels import IGNORE_LABEL, S3DIS13, SCANNET20, SUNRGBD10  # noqa: E402
 from text4point.scene import Dataset, read_image, read_matrix  # noqa: E402
+
+import spec_files as spec  # noqa: E402
 
 
 def one_line(e: pytest.ExceptionInfo) -> str:
@@ -703,6 +703,7 @@ def test_scannet_import_killed_mid_scene_resumes_and_equals_an_uninterrupted_one
     """``text4point data`` (2 workers) is SIGKILLed inside a scene; the dataset never looks complete; the rerun
     imports only the unfinished scenes and writes the same bytes as an uninterrupted serial import."""
     import yaml
+
     from conftest import TINY
 
     root = four_scene_release(tmp_path / "rel")

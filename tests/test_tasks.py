@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from text4point.geometry import box_iou_3d, nms_3d
+from text4point.labels import IGNORE_LABEL, SCANNET20
+from text4point.models import BACKBONES, build_backbone
 from text4point.tasks._base import seed_values
 from text4point.tasks.det import DetectionHead, DetectionOutput
 from text4point.tasks.insseg import InstanceHead
 from text4point.tasks.semseg import SemanticHead
-from text4point.labels import IGNORE_LABEL, SCANNET20
-from text4point.geometry import box_iou_3d, nms_3d
-from text4point.models import BACKBONES, build_backbone
 
 K = len(SCANNET20.classes)
 CHAIR, TABLE, WALL = SCANNET20.index("chair"), SCANNET20.index("table"), SCANNET20.index("wall")

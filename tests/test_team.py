@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_workflow import DVC, SNAKEMAKE, _dry_run_jobs, _run
 
 from conftest import ROOT
-from test_workflow import DVC, SNAKEMAKE, _dry_run_jobs, _run
 
 SCRIPT = ROOT / "scripts" / "team_tracking.sh"
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}

@@ -21,7 +21,8 @@ DVC = [sys.executable, "-m", "dvc"]
 def _run(cmd, cwd, env=None, check=True):
     r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({r.returncode}):\n{r.stdout[-3000:]}\n"
+                             f"{r.stderr[-3000:]}")
     return r
 
 
@@ -154,7 +155,8 @@ def test_tiny_pipeline_under_snakemake_and_dvc(tmp_path):
     # --- a fine-tuning parameter reruns the fine-tuning jobs (and what reads them), nothing upstream;
     # --- another seed adds its jobs and reruns no finished one
     original = (proj / "params.yaml").read_text()
-    (proj / "params.yaml").write_text(original.replace("  steps: 1\n  max_points: 3000", "  steps: 2\n  max_points: 3000"))
+    (proj / "params.yaml").write_text(original.replace("  steps: 1\n  max_points: 3000",
+                                                       "  steps: 2\n  max_points: 3000"))
     jobs = _dry_run_jobs(proj, env)
     assert jobs == {"finetune": 6, "tables": 1, "figures": 1, "all": 1}, jobs
     (proj / "params.yaml").write_text(original.replace("  seeds: [0]", "  seeds: [0, 1]"))

@@ -136,8 +136,9 @@ def test_rooms_use_many_classes_without_interpenetration():
             hi = lo + np.array(b["size"])
             assert (lo[:2] > -0.2).all() and hi[0] < X + 0.2 and hi[1] < Y + 0.2 and hi[2] <= H + 1e-6
         for a, b in itertools.combinations(boxes, 2):
-            overlap = np.minimum(np.add(a["center"], np.divide(a["size"], 2)), np.add(b["center"], np.divide(b["size"], 2))) - \
-                np.maximum(np.subtract(a["center"], np.divide(a["size"], 2)), np.subtract(b["center"], np.divide(b["size"], 2)))
+            half_a, half_b = np.divide(a["size"], 2), np.divide(b["size"], 2)
+            overlap = (np.minimum(np.add(a["center"], half_a), np.add(b["center"], half_b))
+                       - np.maximum(np.subtract(a["center"], half_a), np.subtract(b["center"], half_b)))
             assert (overlap <= 1e-6).any(), (SCANNET20.classes[a["semantic"]], SCANNET20.classes[b["semantic"]])
     assert len(classes) >= 18, sorted(classes)
     assert {"wall", "floor", "door", "window", "chair", "table", "bed", "toilet"} <= classes

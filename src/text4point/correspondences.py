@@ -52,9 +52,9 @@ Storage, one directory per scene in the stage's output directory (``.npy``, memo
     match_offsets.npy  int64 [Q + 1]    pair q's matches are matches[match_offsets[q]:match_offsets[q + 1]]
     scene_stats.json   scene id, colour/depth sizes, params, counts
 
-and ``manifest.json`` (written last; the files are read and checked by :mod:`text4point.corrfiles`) with the scene ids, the params used and totals. Per-scene statistics:
-``pairs`` counts unordered frame pairs without the self pairs; ``matches_per_pair`` summarises the ordered
-non-self pair entries.
+and ``manifest.json`` (written last) with the scene ids, the params used and totals; :mod:`text4point.corrfiles`
+reads and checks the files. Per-scene statistics: ``pairs`` counts unordered frame pairs without the self pairs;
+``matches_per_pair`` summarises the ordered non-self pair entries.
 """
 
 from __future__ import annotations
@@ -72,8 +72,17 @@ from tqdm import tqdm
 from .corrfiles import FORMAT, write_scene_correspondences
 from .errors import bad
 from .fsutil import write_json
-from .geometry import (GRID_HALF, affine, as_matrix, backproject, in_grid, project, project_with, projection_matrix,
-                       voxelize)
+from .geometry import (
+    GRID_HALF,
+    affine,
+    as_matrix,
+    backproject,
+    in_grid,
+    project,
+    project_with,
+    projection_matrix,
+    voxelize,
+)
 from .runtime import cpu_threads, resolve_device
 from .scene import Dataset, FrameDefect, Scene
 

@@ -263,7 +263,8 @@ def dvc_yaml(params_yaml: dict) -> str:
             ["results/figures/finetune", ".snakemake/metadata"]),
     }
     stages["tables"]["outs"].insert(0, {"results/tables": dict(metric)})
-    stages["tables"]["params"] += [k for k in _dvc_params("figures", params_yaml) if k not in stages["tables"]["params"]]
+    tables = stages["tables"]["params"]
+    tables += [k for k in _dvc_params("figures", params_yaml) if k not in tables]
     doc = {"vars": ["params.yaml"], "stages": stages, "plots": [
         {"seconds per generated scene": {"template": "bar_horizontal", "x": "seconds",
                                          "y": {"results/metrics/data_scenes.csv": "scene_id"}}},

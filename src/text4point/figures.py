@@ -2,8 +2,8 @@
 
 - ``semseg_per_class_iou.png``: per-class IoU of each initialisation at the largest label fraction (mean over
   seeds), grouped bars;
-- ``training_curves.png``: the fine-tuning loss against the optimizer step of every job, one panel per task, one colour per
-  initialisation;
+- ``training_curves.png``: the fine-tuning loss against the optimizer step of every job, one panel per task, one
+  colour per initialisation;
 - ``<task>_<scene>.png`` for the first ``scenes`` val scenes: top views of ground truth next to the predictions of
   each initialisation (seed = the first seed, the largest label fraction): classes for ``semseg``, instances
   for ``insseg``, boxes for ``det``.
@@ -20,8 +20,8 @@ from . import tasks
 from .errors import InputError, bad
 from .labels import IGNORE_LABEL
 from .plotting import class_colours, pyplot, save_png
-from .scene import Dataset
 from .runs import collect, run_path
+from .scene import Dataset
 
 
 def per_class_iou(runs: dict, ft: dict, classes: list[str], out: Path) -> Path:
@@ -33,7 +33,8 @@ def per_class_iou(runs: dict, ft: dict, classes: list[str], out: Path) -> Path:
     x = np.arange(len(classes))
     for i, init in enumerate(inits):
         jobs = runs[("semseg", init, full)]
-        iou = np.array([[np.nan if j["per_class"].get(c) is None else j["per_class"][c] for c in classes] for j in jobs])
+        iou = np.array([[np.nan if j["per_class"].get(c) is None else j["per_class"][c] for c in classes]
+                        for j in jobs])
         ax.bar(x + (i - (len(inits) - 1) / 2) * width, 100 * np.nanmean(iou, 0), width, label=init)
     ax.set_xticks(x, classes, rotation=60, ha="right")
     ax.set_ylabel("IoU (%)")

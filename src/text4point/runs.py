@@ -36,7 +36,8 @@ def collect(ft_root: Path, ft: dict) -> dict:
     for task in ft["tasks"]:
         for init in ft["inits"]:
             for frac in ft["label_fractions"]:
-                runs[(task, init, float(frac))] = [read_metrics(run_path(ft_root, task, init, s, frac)) for s in ft["seeds"]]
+                runs[(task, init, float(frac))] = [read_metrics(run_path(ft_root, task, init, s, frac))
+                                                   for s in ft["seeds"]]
     return runs
 
 

@@ -79,7 +79,8 @@ def _read_ply(path: str | os.PathLike) -> PlyData:
 
 
 def read_points(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read ``points.ply``: ``xyz`` (N,3 float32), ``rgb`` (N,3 uint8), ``semantic`` (N uint8), ``instance`` (N int32)."""
+    """Read ``points.ply``: ``xyz`` (N,3 float32), ``rgb`` (N,3 uint8), ``semantic`` (N uint8), ``instance``
+    (N int32)."""
     ply = _read_ply(path)
     if "vertex" not in ply:
         raise bad(path, "element 'vertex'", "a vertex element with x y z red green blue semantic instance")
@@ -226,7 +227,8 @@ def read_image(path: str | os.PathLike, dtype: type = np.uint8, size: tuple[int,
         with Image.open(path) as img:
             if (size is not None and img.size != tuple(size)) or (mode is not None and img.mode != mode):
                 want = " ".join(x for x in (f"{size[0]}x{size[1]}" if size else "", mode or "") if x)
-                raise FrameDefect("bad_image_size", f"{path}: expected {want}, got {img.size[0]}x{img.size[1]} {img.mode}")
+                raise FrameDefect("bad_image_size",
+                                  f"{path}: expected {want}, got {img.size[0]}x{img.size[1]} {img.mode}")
             if draft is not None and img.format == "JPEG":
                 img.draft(img.mode, (int(draft[0]), int(draft[1])))
             img.load()

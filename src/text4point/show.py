@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .plotting import class_colours, save_png
 from .labels import IGNORE_LABEL
+from .plotting import class_colours, save_png
 from .scene import Dataset, FrameDefect
 
 

@@ -114,7 +114,8 @@ def build_tables(cfg: dict, ft_root: Path, pretrain_root: Path, out_dir: Path) -
     _write(out_dir, "efficiency", _markdown("Data efficiency (CSC's limited-scene protocol)", where, header, rows),
            header, rows)
 
-    pairs = [("image_contrast", "scratch", "image pre-training"), ("text4point", "image_contrast", "text (TQM + prompts)"),
+    pairs = [("image_contrast", "scratch", "image pre-training"),
+             ("text4point", "image_contrast", "text (TQM + prompts)"),
              ("text4point", "scratch", "Text4Point overall"), ("pointcontrast", "scratch", "PointContrast")]
     header = ["task", "metric", "label fraction", "comparison", "what it isolates", "difference (points)"]
     rows = []
@@ -134,7 +135,8 @@ def build_tables(cfg: dict, ft_root: Path, pretrain_root: Path, out_dir: Path) -
     for v in cfg["pretrain"]["variants"]:
         m = read_metrics(Path(pretrain_root) / f"{v}.json")
         pct = lambda x: "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"  # noqa: E731
-        rows.append([v, pct(m.get("zeroshot_miou")), pct(m.get("zeroshot_accuracy")), pct(m.get("zeroshot_miou_random")),
+        rows.append([v, pct(m.get("zeroshot_miou")), pct(m.get("zeroshot_accuracy")),
+                     pct(m.get("zeroshot_miou_random")),
                      pct(m.get("zeroshot_accuracy_random")), pct(m.get("zeroshot_miou_majority_constant")),
                      m.get("params_hash")])
     _write(out_dir, "zeroshot", _markdown("Zero-shot segmentation after pre-training (val)", where + " pointcontrast "

@@ -296,7 +296,8 @@ class Trainer:
             self.epochs.append(row)
             self.epoch = epoch + 1
             if self.dist.main:
-                tracking.log_batch([(f"epoch_{k}", v, epoch + 1) for k, v in row.items() if k not in ("epoch", "seconds")])
+                tracking.log_batch([(f"epoch_{k}", v, epoch + 1) for k, v in row.items()
+                                    if k not in ("epoch", "seconds")])
             for h in self.hooks:
                 h.after_epoch(self, row)
             bar.set_postfix(epoch=epoch + 1, loss=f"{row['loss']:.3f}")

@@ -30,15 +30,15 @@ def sections(*names):
 
 
 def rule_params(rule):
-    """The params rule ``rule`` passes its command (text4point.dag.rule_params): a pre-training or fine-tuning job
-    reads its section but not the lists that only say which jobs exist (variants, tasks, inits, seeds,
-    label_fractions), so adding a seed or a variant reruns no finished job."""
+    """JSON of the params that the named rule's command reads, from text4point.dag.rule_params. A pre-training or
+    fine-tuning job reads its section but not the lists that only say which jobs exist (variants, tasks, inits,
+    seeds, label_fractions), so adding a seed or a variant reruns no finished job."""
     return sections(*dag.rule_params(rule))
 
 
 def code(rule):
-    """The package's source files that the rule's command imports (text4point.dag.code_files): a change to one
-    of them reruns exactly the jobs that can run it. A job with a task wildcard loads only its task's module."""
+    """The package's source files that the named rule's command imports, from text4point.dag.code_files. A change
+    to one of them reruns exactly the jobs that can run it; a job with a task wildcard loads only its task."""
     return lambda wildcards: dag.code_files(rule, getattr(wildcards, "task", None))
 
 

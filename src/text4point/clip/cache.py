@@ -2,7 +2,7 @@
 
     <out>/<scene>/features.npy    float16 [F, gh, gw, d]   dense features of each cached frame
     <out>/<scene>/frames.npy      int32 [F]                 frame index of each row
-    <out>/<scene>/grid.json       geometry: colour pixel (u, v) -> grid cell (:func:`~text4point.clip.dense.pixel_to_cell`)
+    <out>/<scene>/grid.json       colour pixel (u, v) -> grid cell (:func:`~text4point.clip.dense.pixel_to_cell`)
     <out>/text_embeddings.pt      {label_set: {classes, templates, embeddings [K,T,d], ...}, "identity": ...}
     <out>/manifest.json           CLIP identity, scenes, frames, skipped counts (written last)
 

@@ -25,7 +25,6 @@ from tqdm import tqdm
 from ..labels import IGNORE_LABEL, LabelSet
 from ..scene import SPLITS, Dataset, FrameDefect, Scene
 
-
 # Extra caption templates besides clip.templates (the "web captions" vary more than a prompt list).
 EXTRA_TEMPLATES = ("a {}.", "a {} in a room.", "a close-up photo of a {}.", "a cropped photo of the {}.",
                    "this is a {}.", "an indoor photo of a {}.", "a 3d rendering of a {}.", "there is a {} here.")

@@ -23,6 +23,7 @@ from ..scene import Dataset, FrameDefect, Scene
 from .cache import MANIFEST, TEXT_FILE
 from .dense import FEATURE_DTYPE, dense_features, dense_input_size, frame_tensor, grid_geometry, label_set_text
 from .load import ClipHandle, load_clip
+
 TEXT_LABEL_SETS = ("scannet20", "s3dis13", "sunrgbd10")
 FEATURE_SPLITS = ("train", "val")
 

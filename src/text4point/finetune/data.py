@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..geometry import voxelize
 from ..errors import InputError
+from ..geometry import voxelize
 from ..labels import IGNORE_LABEL
 from ..scene import Dataset
 
@@ -181,7 +181,8 @@ def collate(items: list[dict]) -> SceneBatch:
 
 
 class TrainScenes(torch.utils.data.Dataset):
-    """Augmented training views; item keys are ``(epoch, index)`` (as :class:`text4point.training.EpochSampler` yields them)."""
+    """Augmented training views; item keys are ``(epoch, index)``, as :class:`text4point.training.EpochSampler`
+    yields them."""
 
     def __init__(self, clouds: list[SceneCloud], max_points: int, seed: int):
         if not clouds:

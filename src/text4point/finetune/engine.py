@@ -2,8 +2,8 @@
 
 ``run_stage`` voxelizes the dataset's scenes (:mod:`.data`), builds the network (:mod:`.model`) from scratch
 or from a ``pretrain`` checkpoint, trains it on the (fraction of the) ``train`` scenes with AdamW and a cosine
-schedule (``finetune.*``), then scores every point of every ``val`` scene with the task's official metric (the task's scorer,
-:mod:`text4point.tasks`, through :mod:`text4point.metrics`):
+schedule (``finetune.*``), then scores every point of every ``val`` scene with the task's official metric (the
+task's scorer, :mod:`text4point.tasks`, through :mod:`text4point.metrics`):
 
 - ``semseg``: mIoU over the label set's classes (ignore label excluded), overall and mean class accuracy;
 - ``insseg``: ScanNet's instance AP (0.5:0.95), AP50, AP25 over the thing classes;
@@ -34,7 +34,7 @@ from ..fsutil import atomic_path
 from ..names import INITS, LANGUAGE_INITS, SCRATCH
 from ..runtime import cpu_threads, resolve_device, seed_everything
 from ..scene import Dataset
-from ..training import TrainJob, Trainer, make_optimizer, warmup_cosine
+from ..training import Trainer, TrainJob, make_optimizer, warmup_cosine
 from .data import TrainScenes, centred, collate, label_fraction_scenes, load_scene
 from .model import build
 

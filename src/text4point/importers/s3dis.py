@@ -26,6 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
 from ..errors import InputError, bad
 from ..labels import S3DIS13
 from ..scene import boxes_from_points, write_boxes, write_points

@@ -282,6 +282,7 @@ def import_frame(out: Path, frame: dict, rgb_path: str, depth_path: str) -> tupl
                     ("extrinsic_depth", np.eye(4))):
         write_matrix(out / "intrinsic" / f"{name}.txt", m)
     meta = {"scene_id": f"{frame['index']:06d}", "num_frames": 1, "frame_ids": [0], "color_size": [W, H],
-            "depth_size": [W, H], "depth_shift": 1000.0, "source": "sunrgbd", "has_mesh": False, "sequence_name": frame["sequenceName"],
+            "depth_size": [W, H], "depth_shift": 1000.0, "source": "sunrgbd", "has_mesh": False,
+            "sequence_name": frame["sequenceName"],
             "sensor": frame["sensorType"], "metadata_index": frame["index"]}
     return meta, {"points": len(xyz), "boxes": len(boxes), "defects": {"no_benchmark_box": 1} if not boxes else {}}

@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..geometry import box_iou_3d
 from ..arrays import boxes_array, int_vector, score_vector
+from ..geometry import box_iou_3d
 from ._checks import _check_class_range, _check_scene_lists, _class_table, _field, _mean_or_none, _none_if_nan
 
 

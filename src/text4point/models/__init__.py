@@ -16,7 +16,8 @@ and :meth:`Backbone.forward` is ``decode(encode(...), encoded.h)`` packed as a
 Inputs follow PyTorch Geometric: ``x`` (``N × in_channels``; colour in ``[0, 1]``, optionally
 normals), ``pos`` (``N × 3``, metres) and ``batch`` (``N``, cloud index of each point; ``None``
 means a single cloud). Grouping (radius and k-NN queries) is torch_cluster's, farthest-point
-sampling :func:`text4point.models.sampling.fps` (torch_cluster on CUDA, fpsample on CPU); tensors stay on the device of the inputs.
+sampling :func:`text4point.models.sampling.fps` (torch_cluster on CUDA, fpsample on CPU); tensors stay on the
+device of the inputs.
 
 Backbones are registered by name in :data:`BACKBONES`; :func:`build_backbone` builds one.
 """
@@ -24,7 +25,6 @@ Backbones are registered by name in :data:`BACKBONES`; :func:`build_backbone` bu
 from __future__ import annotations
 
 import abc
-
 from dataclasses import dataclass
 
 import torch

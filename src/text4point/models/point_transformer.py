@@ -24,8 +24,8 @@ from torch_geometric.nn import MLP, PointTransformerConv, knn_interpolate
 from torch_geometric.utils import scatter
 
 from text4point.errors import InputError
-from text4point.models.sampling import fps
 from text4point.models import Backbone, Encoded
+from text4point.models.sampling import fps
 
 
 class TransformerBlock(nn.Module):

@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from torch_geometric.nn import MLP, PointNetConv, knn_interpolate
 
 from text4point.errors import InputError
-from text4point.models.sampling import fps
 from text4point.models import Backbone, Encoded
+from text4point.models.sampling import fps
 
 
 class SetAbstraction(nn.Module):

@@ -1,11 +1,10 @@
 """Farthest-point sampling on either device.
 
-torch_cluster's ``fps`` is the CUDA path. Its CPU kernel runs one round of tensor ops per sampled point,
-which made it about 90 % of a PointNet++ forward pass on a 30 k-point scene here (2 s of 2.1 s). On CPU
-the sampling is therefore fpsample's bucket-based FPS (a k-d tree over the cloud, the QuickFPS idea),
-about 20× faster on such a cloud. Both are deterministic greedy max–min-distance samplers with torch_cluster's sample
-count ``ceil(n · ratio)``; they pick different points (the bucket search visits candidates in another order)
-with the same coverage (see ``tests/test_models.py``).
+torch_cluster's ``fps`` is the CUDA path. Its CPU kernel runs one round of tensor ops per sampled point, which
+dominated a PointNet++ forward pass on a room-sized cloud; on CPU the sampling is therefore fpsample's
+bucket-based FPS (a k-d tree over the cloud, the QuickFPS idea). Both are deterministic greedy max–min-distance
+samplers with torch_cluster's sample count ``ceil(n · ratio)``; they pick different points (the bucket search
+visits candidates in another order) with the same coverage (see ``tests/test_models.py``).
 """
 
 from __future__ import annotations

@@ -48,8 +48,8 @@ from ..clip.cache import FeatureCache
 from ..clip.dense import features_at_pixels, pixel_to_cell
 from ..corrfiles import check_matches_scene, load_manifest
 from ..errors import InputError
-from ..scene import Dataset
 from ..names import IMAGE_VARIANTS, PAIR_VARIANTS, VARIANTS
+from ..scene import Dataset
 
 IMAGE_KEY_STRIDE = 1 << 20  # image key = scene index * stride + frame row (frames per scene < 2**20)
 

@@ -47,10 +47,10 @@ from ..clip.cache import load_features
 from ..errors import InputError
 from ..fsutil import atomic_path, sha256_file
 from ..models import build_backbone
+from ..names import IMAGE_VARIANTS, VARIANTS
 from ..runtime import cpu_threads, resolve_device, seed_everything
 from ..scene import Dataset
-from ..training import Dist, Hook, TrainJob, Trainer, make_loader, make_optimizer, warmup_cosine
-from ..names import IMAGE_VARIANTS, VARIANTS
+from ..training import Dist, Hook, Trainer, TrainJob, make_loader, make_optimizer, warmup_cosine
 from . import zeroshot
 from .data import build_dataset, collate_for
 from .model import Text4PointModel

@@ -29,8 +29,8 @@ the ``clip_features`` cache.
 
 Every InfoNCE is computed per frame (per pair for ``pointcontrast``) and averaged over the batch: a frame's
 ``num_matches`` sampled correspondences are its positives and each other's negatives. (One InfoNCE over the
-whole batch would cost ``(B·num_matches)²`` logits: measured, it made the loss the largest part of a
-step.) False negatives of the InfoNCE: matches whose pixels fall in one CLIP cell share ``h2D`` (``ids_a`` = the
+whole batch would cost ``(B·num_matches)²`` logits, which made the loss the largest part of a step.) False
+negatives of the InfoNCE: matches whose pixels fall in one CLIP cell share ``h2D`` (``ids_a`` = the
 batch's pixel id), matches of one bottleneck point share ``ĥ3D`` (``ids_b`` for ``L_e``), several pixels may
 match one point (``ids_b`` for ``L_d``); such off-diagonal logits are removed from the denominators.
 """
@@ -43,8 +43,8 @@ from torch import Tensor, nn
 from ..errors import InputError
 from ..losses import info_nce
 from ..models import Backbone, Encoded
-from ..tqm import Aggregation, FCExpand, TextQueryingModule
 from ..names import IMAGE_VARIANTS, VARIANTS
+from ..tqm import Aggregation, FCExpand, TextQueryingModule
 from .data import FrameBatch
 from .pairs import PairBatch
 

@@ -36,11 +36,8 @@ from ..metrics import confusion_matrix, iou_from_confusion
 from ..scene import Dataset, FrameDefect
 
 
-
-
-
-
-def voxel_cloud(xyz: np.ndarray, rgb: np.ndarray, voxel_size: float, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def voxel_cloud(xyz: np.ndarray, rgb: np.ndarray, voxel_size: float,
+                device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(voxel positions [V, 3], voxel colours in [0, 1] [V, 3], voxel of each point [N]) on ``device``."""
     pts = torch.as_tensor(np.asarray(xyz, np.float32), device=device)
     vpos, _, cluster = voxelize(pts, voxel_size)

@@ -20,8 +20,18 @@ from torch_geometric.utils import scatter
 from ..geometry import nms_3d
 from ..metrics import detection_ap
 from ..models.sampling import fps
-from ._base import (Scorer, Task, check_batch, check_features, check_ids, none_to_zero, num_clouds_of, seed_values,
-                    top_view, zero_loss)
+from ._base import (
+    Scorer,
+    Task,
+    check_batch,
+    check_features,
+    check_ids,
+    none_to_zero,
+    num_clouds_of,
+    seed_values,
+    top_view,
+    zero_loss,
+)
 
 DRAW_MIN_SCORE = 0.3  # predicted boxes drawn in the figures
 

@@ -18,8 +18,19 @@ from torch_geometric.nn import MLP
 from torch_geometric.utils import scatter
 
 from ..metrics import instance_ap
-from ._base import (Scorer, Task, check_batch, check_features, check_ids, local_index, none_to_zero, num_clouds_of,
-                    semantic_loss, top_view, zero_loss)
+from ._base import (
+    Scorer,
+    Task,
+    check_batch,
+    check_features,
+    check_ids,
+    local_index,
+    none_to_zero,
+    num_clouds_of,
+    semantic_loss,
+    top_view,
+    zero_loss,
+)
 
 
 class InstanceOutput(NamedTuple):
@@ -243,7 +254,8 @@ class InsSeg(Task):
 
     def draw(self, ax, pts, pred, scene, label_set, class_colours) -> None:
         sem, inst = pts["semantic"].astype(np.int64), pts["instance"].astype(np.int64)
-        ids = np.where(np.isin(sem, label_set.thing_ids), inst, 0) if pred is None else pred["instance"].astype(np.int64)
+        ids = (np.where(np.isin(sem, label_set.thing_ids), inst, 0) if pred is None
+               else pred["instance"].astype(np.int64))
         top_view(ax, pts["xyz"], instance_colours(ids))
 
 

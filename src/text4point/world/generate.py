@@ -41,7 +41,8 @@ def generate_scene(out_dir: Path, split: str, index: int, cfg: dict, seed: int) 
         xyz, face = trimesh.sample.sample_surface(tm, n_points, seed=int(rng.integers(2**31)))
         a = albedo(room.materials, mesh["material"][face], xyz)
         rgb = shade(a, xyz, tm.face_normals[face], room.lights) ** (1 / 2.2) * 255 + rng.normal(0, 1.5, a.shape)
-        write_points(d / "points.ply", xyz, np.clip(rgb, 0, 255).round(), mesh["semantic"][face], mesh["instance"][face])
+        write_points(d / "points.ply", xyz, np.clip(rgb, 0, 255).round(), mesh["semantic"][face],
+                     mesh["instance"][face])
         vcol = np.zeros((len(mesh["vertices"]), 3))
         vcol[mesh["faces"].reshape(-1)] = np.repeat(
             np.array([m.color for m in room.materials])[mesh["material"]], 3, axis=0)

@@ -79,7 +79,8 @@ class Renderer:
         """Rays through every pixel centre: (face id or -1, depth along the optical axis, world points, dirs)."""
         w, h = size
         u, v = np.meshgrid(np.arange(w), np.arange(h))
-        cam = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u, dtype=float)], -1).reshape(-1, 3)
+        cam = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u, dtype=float)],
+                       -1).reshape(-1, 3)
         dirs = cam @ pose[:3, :3].T  # optical-axis component stays 1, so ray parameter t == depth z
         origins = np.broadcast_to(pose[:3, 3], dirs.shape)
         tri = self.caster.intersects_first(origins, dirs)
@@ -98,7 +99,8 @@ class Renderer:
         rgb = np.zeros((len(tri), 3))
         t = tri[hit]
         a = albedo(self.materials, self.material[t], pts[hit])
-        rgb[hit] = shade(a, pts[hit], self.normals[t], self.lights, dirs[hit] / np.linalg.norm(dirs[hit], axis=1, keepdims=True))
+        rgb[hit] = shade(a, pts[hit], self.normals[t], self.lights,
+                         dirs[hit] / np.linalg.norm(dirs[hit], axis=1, keepdims=True))
         rgb = rgb.reshape(h, w, 3)
         yy, xx = np.mgrid[0:h, 0:w]
         vignette = 1 - 0.25 * (((xx - w / 2) / w) ** 2 + ((yy - h / 2) / h) ** 2) * 2

@@ -160,10 +160,10 @@ def build_room(rng: np.random.Generator, room_size, objects_per_room) -> Room:
     # --- architecture: floor, ceiling, walls with openings (doors and windows)
     floor_mat = Material(shapes._pick(rng, rng.choice(["wood", "grey", "white"])), rng.choice(["wood", "tile"]),
                          scale=float(rng.uniform(0.8, 1.3)), axis=int(rng.integers(2)))
-    room.add(_quad((0, 0, 0), (X, 0, 0), (X, Y, 0), (0, Y, 0), toward=(X / 2, Y / 2, 1)), floor_mat, SCANNET20.index("floor"),
-             room.new_instance())
-    room.add(_quad((0, 0, H), (0, Y, H), (X, Y, H), (X, 0, H), toward=(X / 2, Y / 2, 0)), Material((0.93, 0.93, 0.92), "paint"),
-             IGNORE_LABEL, NO_INSTANCE)
+    room.add(_quad((0, 0, 0), (X, 0, 0), (X, Y, 0), (0, Y, 0), toward=(X / 2, Y / 2, 1)), floor_mat,
+             SCANNET20.index("floor"), room.new_instance())
+    room.add(_quad((0, 0, H), (0, Y, H), (X, Y, H), (X, 0, H), toward=(X / 2, Y / 2, 0)),
+             Material((0.93, 0.93, 0.92), "paint"), IGNORE_LABEL, NO_INSTANCE)
     wall_mat = Material(shapes._pick(rng, rng.choice(["white", "white", "curtain", "grey"])), "paint",
                         scale=float(rng.uniform(0.8, 1.2)))
     openings: dict[int, list[tuple]] = {k: [] for k in range(4)}
@@ -172,7 +172,8 @@ def build_room(rng: np.random.Generator, room_size, objects_per_room) -> Room:
     for kind_, k in [("door", door_wall)] + [("window", int(rng.integers(4))) for _ in range(n_windows)]:
         L = _wall_frame(k, X, Y)[3]
         w = rng.uniform(0.8, 0.95) if kind_ == "door" else rng.uniform(0.8, 1.6)
-        z0, z1 = (0.0, rng.uniform(2.0, 2.1)) if kind_ == "door" else (rng.uniform(0.8, 1.0), min(H - 0.25, rng.uniform(2.0, 2.2)))
+        z0, z1 = ((0.0, rng.uniform(2.0, 2.1)) if kind_ == "door"
+                  else (rng.uniform(0.8, 1.0), min(H - 0.25, rng.uniform(2.0, 2.2))))
         for _ in range(20):
             s0 = rng.uniform(0.25, L - w - 0.25)
             if all(s0 + w + 0.3 < a or s0 > b + 0.3 for a, b, *_ in openings[k]):
@@ -210,9 +211,8 @@ def build_room(rng: np.random.Generator, room_size, objects_per_room) -> Room:
                 panel = Material(shapes._pick(rng, rng.choice(["wood", "white"])), "wood", axis=2)
                 room.add(_wall_rect(k, X, Y, s0, s1, z0, z1, e=-t / 2), panel, SCANNET20.index("door"), inst)
                 hs = s1 - 0.1 if rng.random() < 0.5 else s0 + 0.06
-                knob = trimesh.creation.box(bounds=np.stack([
-                    np.minimum(_wall_point(k, X, Y, hs, -t / 2, 0.98), _wall_point(k, X, Y, hs + 0.04, -t / 2 + 0.06, 1.02)),
-                    np.maximum(_wall_point(k, X, Y, hs, -t / 2, 0.98), _wall_point(k, X, Y, hs + 0.04, -t / 2 + 0.06, 1.02))]))
+                a, b = _wall_point(k, X, Y, hs, -t / 2, 0.98), _wall_point(k, X, Y, hs + 0.04, -t / 2 + 0.06, 1.02)
+                knob = trimesh.creation.box(bounds=np.stack([np.minimum(a, b), np.maximum(a, b)]))
                 room.add(knob, Material((0.8, 0.75, 0.5), "metal"), SCANNET20.index("door"), inst)
                 lo = np.minimum(lo, knob.bounds[0])
                 hi = np.maximum(hi, knob.bounds[1])
@@ -225,9 +225,8 @@ def build_room(rng: np.random.Generator, room_size, objects_per_room) -> Room:
                 frame = Material(shapes._pick(rng, rng.choice(["white", "wood"])), "paint")
                 room.add(_wall_rect(k, X, Y, s0, s1, z0, z1, e=-2 * t / 3), glass, SCANNET20.index("window"), inst)
                 mid = (s0 + s1) / 2
-                bar = trimesh.creation.box(bounds=np.stack([
-                    np.minimum(_wall_point(k, X, Y, mid - 0.025, -2 * t / 3, z0), _wall_point(k, X, Y, mid + 0.025, -t / 3, z1)),
-                    np.maximum(_wall_point(k, X, Y, mid - 0.025, -2 * t / 3, z0), _wall_point(k, X, Y, mid + 0.025, -t / 3, z1))]))
+                a, b = _wall_point(k, X, Y, mid - 0.025, -2 * t / 3, z0), _wall_point(k, X, Y, mid + 0.025, -t / 3, z1)
+                bar = trimesh.creation.box(bounds=np.stack([np.minimum(a, b), np.maximum(a, b)]))
                 room.add(bar, frame, SCANNET20.index("window"), inst)
                 # furniture taller than the sill must not stand in front of a window
                 win_lo = np.minimum(_wall_point(k, X, Y, s0, 0, z0), _wall_point(k, X, Y, s1, 1.0, z1))
@@ -342,7 +341,8 @@ def _place_object(room: Room, cls: str, rng, windows, placed) -> dict | None:
                     x = c[0] - s[0] / 2 - ext[0] - 0.03 if side == 2 else c[0] + s[0] / 2 + 0.03
                 lo = np.array([x, y, 0.0])
             else:
-                lo = np.array([rng.uniform(0.3, max(0.31, X - ext[0] - 0.3)), rng.uniform(0.3, max(0.31, Y - ext[1] - 0.3)), 0.0])
+                lo = np.array([rng.uniform(0.3, max(0.31, X - ext[0] - 0.3)),
+                               rng.uniform(0.3, max(0.31, Y - ext[1] - 0.3)), 0.0])
             if room.free(lo, lo + ext):
                 return _place(room, obj, theta, lo, room.new_instance())
     return None
