@@ -112,6 +112,14 @@ def tiny_reference(tmp_path_factory) -> dict:
     return {"proj": proj, "env": env, "results": tiny_results(proj)}
 
 
+def data_section(source: str, **values) -> dict:
+    """The ``data.<source>`` params section with ``values`` and the schema's defaults for the rest (what the
+    importers receive from validated params)."""
+    from text4point import params
+
+    return params.validate({"data": {"source": source, source: values}}, sections_only=True)["data"][source]
+
+
 def load_yaml(p: Path) -> dict:
     return yaml.safe_load(Path(p).read_text())
 

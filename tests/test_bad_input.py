@@ -26,7 +26,7 @@ import yaml
 from text4point.errors import InputError
 
 import spec_files as spec
-from conftest import ROOT, TINY, load_yaml
+from conftest import ROOT, TINY, data_section, load_yaml
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -763,7 +763,8 @@ def _(c: Ctx) -> Counted:
     scenes["scene0000_00"]["frames"][1]["color_jpeg"] = b"not a jpeg" * 8
     root = spec.write_scannet_release(c.tmp / "release", scenes, train=["scene0000_00"], val=["scene0001_00"])
     out = c.tmp / "out"
-    stats = import_scannet({"path": str(root), "frame_skip": 1}, out, c.tmp / "downloads", progress=False)
+    stats = import_scannet(data_section("scannet", path=str(root), frame_skip=1), out, c.tmp / "downloads",
+                           progress=False)
     assert stats["frames"] == 3 + 4
     return Counted(stats["defects"], {"corrupt_frame": 1, "invalid_pose": 1 + 2, "unknown_label": 2,
                                       "unknown_segment": 2}, out)  # spec.scannet_scene lists a segment 99
@@ -784,7 +785,8 @@ def scannet_counts(c: Ctx, scene_damage: Callable[[dict], None] | None = None,
     if file_damage:
         file_damage(root / "scans" / "scene0000_00")
     out = c.tmp / "out"
-    stats = import_scannet({"path": str(root), "frame_skip": 1}, out, c.tmp / "downloads", progress=False)
+    stats = import_scannet(data_section("scannet", path=str(root), frame_skip=1), out, c.tmp / "downloads",
+                           progress=False)
     got = dict(stats["defects"])
     got["unknown_segment"] -= 1
     got["unknown_label"] -= 1  # "mystery thing"
@@ -836,7 +838,7 @@ def _(c: Ctx) -> Counted:
               for k, s in enumerate(seqs)]
     root = spec.write_sunrgbd_release(c.tmp / "sunrgbd", frames, train=seqs[:2], val=seqs[2:4], missing=(seqs[3],))
     out = c.tmp / "out"
-    stats = import_sunrgbd({"path": str(root)}, out, c.tmp / "downloads", progress=False)
+    stats = import_sunrgbd(data_section("sunrgbd", path=str(root)), out, c.tmp / "downloads", progress=False)
     assert stats["scenes"] == {"clip": 0, "train": 2, "val": 1}
     return Counted(stats["defects"], {"not_in_split": 1, "missing_scene": 1}, out)
 
@@ -850,7 +852,7 @@ def _(c: Ctx) -> Counted:
                           bad_lines={"chair_1.txt": [(3, "1.0 2.0 3.0 4 5 6\x10"), (7, "nan 0 0 0 0 0")]})
     spec.write_s3dis_room(rel, 5, "office_1", [("table", 1, spec.s3dis_points(20, 1))])
     out = c.tmp / "out"
-    stats = import_s3dis({"path": str(rel), "val_area": 5}, out, c.tmp / "downloads", progress=False)
+    stats = import_s3dis(data_section("s3dis", path=str(rel)), out, c.tmp / "downloads", progress=False)
     assert stats["points"] == 40
     return Counted({**stats["defects"], **stats["bad_line_files"]},
                    {"bad_lines": 2, "Area_1/office_1/Annotations/chair_1.txt": 2}, out)

@@ -31,6 +31,7 @@ from text4point.labels import IGNORE_LABEL, S3DIS13, SCANNET20, SUNRGBD10  # noq
 from text4point.scene import Dataset, read_image, read_matrix  # noqa: E402
 
 import spec_files as spec  # noqa: E402
+from conftest import data_section  # noqa: E402
 
 
 def one_line(e: pytest.ExceptionInfo) -> str:
@@ -40,11 +41,11 @@ def one_line(e: pytest.ExceptionInfo) -> str:
 
 
 def scannet_cfg(path, **kw) -> dict:
-    return {"path": str(path), "url": None, "sha256": None, "frame_skip": 3, "max_scenes": None, **kw}
+    return data_section("scannet", **{"path": str(path), "frame_skip": 3, **kw})
 
 
 def s3dis_cfg(path, **kw) -> dict:
-    return {"path": str(path), "url": None, "sha256": None, "val_area": 5, "max_rooms": None, **kw}
+    return data_section("s3dis", **{"path": str(path), **kw})
 
 
 def expected_box(xyz: np.ndarray) -> tuple[list[float], list[float]]:
@@ -290,7 +291,7 @@ def test_scannet_missing_scene_file(tmp_path):
 
 
 def test_scannet_nothing_configured(tmp_path):
-    cfg = {"path": None, "url": None, "sha256": None, "frame_skip": 10, "max_scenes": None}
+    cfg = data_section("scannet")
     with pytest.raises(InputError) as e:
         import_scannet(cfg, tmp_path / "out", tmp_path / "dl", progress=False)
     assert one_line(e) == ("data.scannet.path is not set: set data.scannet.path to your local copy of ScanNet v2 "
@@ -402,7 +403,7 @@ def test_s3dis_bad_val_area_and_max_rooms(tmp_path):
 
 def test_s3dis_nothing_configured(tmp_path):
     with pytest.raises(InputError) as e:
-        import_s3dis({"path": None, "url": None, "sha256": None, "val_area": 5, "max_rooms": None},
+        import_s3dis(data_section("s3dis"),
                      tmp_path / "out", tmp_path / "dl", progress=False)
     assert one_line(e) == ("data.s3dis.path is not set: set data.s3dis.path to your local copy of S3DIS "
                            "(Stanford3dDataset_v1.2_Aligned_Version) (or data.s3dis.url to the URL you were given "
@@ -431,20 +432,21 @@ def make_tar(path: Path, members: list[tarfile.TarInfo | tuple[str, bytes]]) -> 
 
 
 def test_fetch_directory_is_used_as_is(tmp_path):
-    assert resolve_source({"path": str(tmp_path), "url": None}, "scannet", tmp_path / "dl") == tmp_path
+    assert resolve_source({"path": str(tmp_path), "url": None, "sha256": None}, "scannet", tmp_path / "dl") == tmp_path
     assert not (tmp_path / "dl").exists()
 
 
 def test_fetch_missing_path(tmp_path):
     with pytest.raises(InputError) as e:
-        resolve_source({"path": str(tmp_path / "nope"), "url": None}, "s3dis", tmp_path / "dl")
+        resolve_source({"path": str(tmp_path / "nope"), "url": None, "sha256": None}, "s3dis", tmp_path / "dl")
     assert one_line(e) == (f"data.s3dis.path: expected an existing directory or archive (.zip, .tar, .tar.gz, "
                            f".tgz), got '{tmp_path / 'nope'}'")
 
 
 def test_fetch_zip_extracted_once(tmp_path, monkeypatch):
     archive = make_zip(tmp_path / "rel.zip", {"release/a.txt": b"a", "release/sub/b.txt": b"bb"})
-    root = resolve_source({"path": str(archive), "url": None}, "scannet", tmp_path / "dl", progress=False)
+    root = resolve_source({"path": str(archive), "url": None, "sha256": None}, "scannet", tmp_path / "dl",
+                          progress=False)
     assert root == tmp_path / "dl" / "scannet" / "release"
     assert (root / "a.txt").read_bytes() == b"a" and (root / "sub" / "b.txt").read_bytes() == b"bb"
     assert json.loads((tmp_path / "dl" / "scannet" / MARKER).read_text())["size"] == archive.stat().st_size
@@ -453,7 +455,7 @@ def test_fetch_zip_extracted_once(tmp_path, monkeypatch):
         raise AssertionError("extracted again")
 
     monkeypatch.setattr(fetch, "_extract_zip", boom)
-    assert resolve_source({"path": str(archive), "url": None}, "scannet", tmp_path / "dl") == root
+    assert resolve_source({"path": str(archive), "url": None, "sha256": None}, "scannet", tmp_path / "dl") == root
 
 
 def _assert_nothing_extracted(tmp_path: Path, dl: Path) -> None:
@@ -470,7 +472,7 @@ def test_fetch_rejects_dotdot_member(tmp_path, kind):
     else:
         archive = make_tar(tmp_path / "bad.tar.gz", list(members.items()))
     with pytest.raises(InputError) as e:
-        resolve_source({"path": str(archive), "url": None}, "scannet", tmp_path / "dl", progress=False)
+        resolve_source({"path": str(archive), "url": None, "sha256": None}, "scannet", tmp_path / "dl", progress=False)
     assert one_line(e).startswith(f"{archive}: member 'release/../../evil.txt': expected a relative path inside "
                                   "the archive")
     _assert_nothing_extracted(tmp_path, tmp_path / "dl")
@@ -491,7 +493,7 @@ def _link(name: str, target: str, kind: bytes) -> tarfile.TarInfo:
 def test_fetch_rejects_tar_escapes(tmp_path, member, desc):
     archive = make_tar(tmp_path / "bad.tgz", [("release/ok.txt", b"ok"), member])
     with pytest.raises(InputError) as e:
-        resolve_source({"path": str(archive), "url": None}, "scannet", tmp_path / "dl", progress=False)
+        resolve_source({"path": str(archive), "url": None, "sha256": None}, "scannet", tmp_path / "dl", progress=False)
     msg = one_line(e)
     assert msg.startswith(f"{archive}: member ") and desc in msg
     _assert_nothing_extracted(tmp_path, tmp_path / "dl")
@@ -828,7 +830,7 @@ def sun_import(tmp_path_factory):
     root = spec.write_sunrgbd_release(tmp / "rel", frames, train=[SUN_SEQ[0], SUN_SEQ[2], SUN_SEQ[3]],
                                       val=[SUN_SEQ[1]], missing=(SUN_SEQ[3],))  # SUN_SEQ[4]: in no split
     out = tmp / "out"
-    stats = import_sunrgbd({"path": str(root), "url": None, "sha256": None, "max_scenes": None}, out, tmp / "dl",
+    stats = import_sunrgbd(data_section("sunrgbd", path=str(root)), out, tmp / "dl",
                            progress=False)
     return frames, out, stats
 
@@ -918,7 +920,8 @@ def test_sunrgbd_v2_metadata_and_max_scenes(tmp_path):
     frames = [spec.sunrgbd_frame(k, seq, boxes=[spec.sun_box("desk", [0, 2, 0], [0.3, 0.2, 0.1], 0.5)])
               for k, seq in enumerate(SUN_SEQ[:3])]
     root = spec.write_sunrgbd_release(tmp_path / "rel", frames, train=SUN_SEQ[:2], val=SUN_SEQ[2:3], meta="v2")
-    stats = import_sunrgbd({"path": str(root), "max_scenes": 1}, tmp_path / "out", tmp_path / "dl", progress=False)
+    stats = import_sunrgbd(data_section("sunrgbd", path=str(root), max_scenes=1), tmp_path / "out", tmp_path / "dl",
+                           progress=False)
     assert stats["metadata"] == "v2" and stats["scenes"] == {"clip": 0, "train": 1, "val": 1}
     assert [b["class"] for b in Dataset(tmp_path / "out").scene("000003").boxes()] == ["desk"]
 
@@ -929,13 +932,13 @@ def test_sunrgbd_missing_metadata_and_bad_depth(tmp_path):
     depth = root / SUN_SEQ[1] / "depth" / (SUN_SEQ[1].rsplit("/", 1)[1] + ".png")
     Image.fromarray(np.zeros((12, 16), np.uint8)).save(depth)  # 8-bit: not SUN RGB-D's depth
     with pytest.raises(InputError) as e:
-        import_sunrgbd({"path": str(root)}, tmp_path / "out", tmp_path / "dl", progress=False)
+        import_sunrgbd(data_section("sunrgbd", path=str(root)), tmp_path / "out", tmp_path / "dl", progress=False)
     assert one_line(e) == f"{depth}: depth: expected a single-channel 16-bit PNG, got 'uint8 of shape (12, 16)'"
     assert not (tmp_path / "out" / "dataset.json").exists()
     meta = root / "SUNRGBDtoolbox" / "Metadata" / "SUNRGBDMeta.mat"
     meta.unlink()
     with pytest.raises(InputError) as e:
-        import_sunrgbd({"path": str(root)}, tmp_path / "out2", tmp_path / "dl", progress=False)
+        import_sunrgbd(data_section("sunrgbd", path=str(root)), tmp_path / "out2", tmp_path / "dl", progress=False)
     assert one_line(e) == (f"{meta}: file not found (SUN RGB-D's metadata; or {root / 'SUNRGBDMeta3DBB_v2.mat'})")
 
 

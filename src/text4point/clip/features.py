@@ -211,9 +211,9 @@ def run_stage(cfg: dict, data_root: Path, out_dir: Path, device, progress: bool 
             scene_ids.append(sid)
             split_of[sid] = split
             frames[sid] = scene.sampled_frames(skip)
-    feat_cfg = clip_cfg.get("features", {})
-    result = cache_features(handle, data_root, scene_ids, frames, out_dir, int(feat_cfg.get("batch_size", 16)),
-                            int(feat_cfg.get("workers", 2)), progress=progress)
+    feat_cfg = clip_cfg["features"]
+    result = cache_features(handle, data_root, scene_ids, frames, out_dir, int(feat_cfg["batch_size"]),
+                            int(feat_cfg["workers"]), progress=progress)
     t_feat = time.perf_counter() - t0
 
     text = {"identity": handle.identity}

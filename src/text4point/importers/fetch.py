@@ -46,17 +46,17 @@ def resolve_source(cfg: dict, name: str, download_dir: Path, progress: bool = Tr
     """Return the root directory of dataset ``name`` as configured by ``cfg`` (the ``data.<name>`` params)."""
     key = f"data.{name}"
     download_dir = Path(download_dir)
-    path, url = cfg.get("path"), cfg.get("url")
+    path, url = cfg["path"], cfg["url"]
     if path:
         p = Path(path).expanduser()
         if not p.exists():
             raise bad(None, f"{key}.path", "an existing directory or archive (.zip, .tar, .tar.gz, .tgz)", str(p))
         if p.is_dir():
             return p
-        return extract_archive(p, download_dir / name, sha256=cfg.get("sha256"), field=f"{key}.sha256",
+        return extract_archive(p, download_dir / name, sha256=cfg["sha256"], field=f"{key}.sha256",
                                progress=progress)
     if url:
-        archive = download(url, download_dir, name, sha256=cfg.get("sha256"), progress=progress)
+        archive = download(url, download_dir, name, sha256=cfg["sha256"], progress=progress)
         return extract_archive(archive, download_dir / name, progress=progress)
     raise InputError(f"{key}.path is not set: set {key}.path to your local copy of {DESCRIPTIONS.get(name, name)} "
                      f"(or {key}.url to the URL you were given after accepting its licence)")

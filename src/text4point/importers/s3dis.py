@@ -49,10 +49,10 @@ def import_s3dis(cfg: dict, out_root: Path, download_dir: Path, progress: bool =
     Returns statistics: ``scenes`` per split, ``points`` written, ``defects`` (``bad_lines``) and
     ``bad_line_files`` (file relative to the release root -> skipped lines).
     """
-    val_area = cfg.get("val_area", 5)
+    val_area = cfg["val_area"]
     if not isinstance(val_area, int) or isinstance(val_area, bool):
         raise bad(None, "data.s3dis.val_area", "an area number (integer)", val_area)
-    max_rooms = cfg.get("max_rooms")
+    max_rooms = cfg["max_rooms"]
     if max_rooms is not None and (not isinstance(max_rooms, int) or max_rooms < 1):
         raise bad(None, "data.s3dis.max_rooms", "null or an integer >= 1", max_rooms)
 

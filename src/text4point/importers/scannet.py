@@ -64,8 +64,8 @@ SPLIT_FILES = {"train": "scannetv2_train.txt", "val": "scannetv2_val.txt"}
 _SCENE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
-def _int_param(cfg: dict, key: str, default: int | None, nullable: bool = False) -> int | None:
-    v = cfg.get(key, default)
+def _int_param(cfg: dict, key: str, nullable: bool = False) -> int | None:
+    v = cfg[key]
     if v is None and nullable:
         return None
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -80,9 +80,9 @@ def import_scannet(cfg: dict, out_root: Path, download_dir: Path, progress: bool
     frames, ``corrupt_frame`` frames, ``unknown_label`` objects, ``missing_scene`` scenes, ...) - what
     ``dataset.json["import"]`` records - and ``scenes_imported`` / ``scenes_reused`` by this run.
     """
-    frame_skip = _int_param(cfg, "frame_skip", 10)
-    max_scenes = _int_param(cfg, "max_scenes", None, nullable=True)
-    workers = _int_param(cfg, "workers", 1)
+    frame_skip = _int_param(cfg, "frame_skip")
+    max_scenes = _int_param(cfg, "max_scenes", nullable=True)
+    workers = _int_param(cfg, "workers")
 
     root = find_root(resolve_source(cfg, "scannet", download_dir, progress), lambda p: (p / "scans").is_dir(),
                      "a ScanNet v2 release directory (with scans/, scannetv2-labels.combined.tsv and the split "

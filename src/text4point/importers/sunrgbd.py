@@ -64,7 +64,7 @@ _STRIP = 16  # VoteNet strips this many leading characters ("/n/fs/sun3d/data") 
 
 def import_sunrgbd(cfg: dict, out_root: Path, download_dir: Path, progress: bool = True) -> dict:
     """Import SUN RGB-D as configured by ``cfg`` (``data.sunrgbd``) into ``out_root``; return statistics."""
-    max_scenes = cfg.get("max_scenes")
+    max_scenes = cfg["max_scenes"]
     if max_scenes is not None and (not isinstance(max_scenes, int) or isinstance(max_scenes, bool) or max_scenes < 1):
         raise bad(None, "data.sunrgbd.max_scenes", "null or an integer >= 1", max_scenes)
     root = find_root(resolve_source(cfg, "sunrgbd", download_dir, progress),

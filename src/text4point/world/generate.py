@@ -97,7 +97,7 @@ def generate_world(out_root: Path, cfg: dict, seed: int, progress: bool = True) 
     scenes_dir = Path(out_root) / "scenes"
     scenes_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(scenes_dir, split, i, cfg, seed) for split in SPLITS for i in range(cfg["scenes"][split])]
-    workers = min(cfg.get("workers", 1), max(1, len(jobs)))
+    workers = min(int(cfg["workers"]), max(1, len(jobs)))
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             stats = list(tqdm(pool.map(_job, jobs), total=len(jobs), desc="world scenes", disable=not progress))
