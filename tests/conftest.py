@@ -85,7 +85,7 @@ def assert_same_results(got: dict, want: dict) -> None:
     import numpy as np
     import pandas as pd
 
-    assert got.keys() == want.keys() and len(want) == 8  # 7 tables and the predictions
+    assert got.keys() == want.keys() and len(want) == 9  # 8 tables and the predictions
     for name in want:
         if name == "predictions":
             assert got[name].keys() == want[name].keys()

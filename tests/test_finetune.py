@@ -192,46 +192,7 @@ def test_text4point_checkpoint_with_another_clip_is_one_line(ft_inputs, tmp_path
     assert "was pre-trained with CLIP t4p-tiny" in msg and "but params give t4p-tiny" in msg and "\n" not in msg
 
 
-# ---------------------------------------------------------------- tables
-
-
-def test_tables_average_over_seeds_and_name_their_runs(tmp_path):
-    from text4point.fsutil import write_json
-    from text4point.runs import run_path
-    from text4point.tables import build_tables
-
-    ft = {"tasks": ["semseg"], "inits": ["scratch", "text4point"], "seeds": [0, 1], "label_fractions": [0.5, 1.0]}
-    values = {("scratch", 0): 0.40, ("scratch", 1): 0.50, ("text4point", 0): 0.60, ("text4point", 1): 0.70}
-    for (init, seed), v in values.items():
-        for frac in (0.5, 1.0):
-            write_json(run_path(tmp_path / "ft", "semseg", init, seed, frac),
-                       {"miou": v * frac, "accuracy": 0.9, "mean_class_accuracy": 0.8, "dataset": "scannet20",
-                        "split": "val", "mlflow_run_id": f"run-{init}-{seed}-{frac}", "params_hash": "abc"})
-    for variant in ("text4point", "image_contrast", "pointcontrast"):
-        write_json(tmp_path / "pt" / f"{variant}.json", {"zeroshot_miou": 0.1, "zeroshot_miou_random": 0.01,
-                                                         "params_hash": "p"})
-    cfg = {"finetune": ft, "pretrain": {"variants": ["text4point", "image_contrast", "pointcontrast"]}}
-    build_tables(cfg, tmp_path / "ft", tmp_path / "pt", tmp_path / "tables")
-    semseg = (tmp_path / "tables/semseg.md").read_text()
-    # mIoU at fraction 1.0: scratch mean 45.0, sample std 7.1; text4point 65.0 ± 7.1
-    row = "| scratch | 1.0 | 2 | 45.0 ± 7.1 | 90.0 ± 0.0 | 80.0 ± 0.0 | run-scratch-0-1.0 run-scratch-1-1.0 | abc |"
-    assert row in semseg
-    assert "| text4point | 1.0 | 2 | 65.0 ± 7.1 |" in semseg
-    ablation = (tmp_path / "tables/ablation.md").read_text()
-    assert "| semseg | mIoU | 1.0 | text4point − scratch | Text4Point overall | +20.0 |" in ablation
-    assert "| semseg | mIoU | 0.5 | text4point − scratch | Text4Point overall | +10.0 |" in ablation
-    eff = (tmp_path / "tables/efficiency.csv").read_text()
-    assert "22.5 ± 3.5" in eff  # scratch at 0.5: mean of 0.20 and 0.25
-    assert "Other data" in (tmp_path / "tables/reference.md").read_text()
-
-
-def test_tables_name_a_missing_job(tmp_path):
-    from text4point.tables import build_tables
-
-    cfg = {"finetune": {"tasks": ["det"], "inits": ["scratch"], "seeds": [0], "label_fractions": [1.0]},
-           "pretrain": {"variants": []}}
-    with pytest.raises(InputError, match=r"det/scratch/seed0-frac1.0/metrics.json: file not found"):
-        build_tables(cfg, tmp_path / "ft", tmp_path / "pt", tmp_path / "tables")
+# ---------------------------------------------------------------- bad scenes
 
 
 def test_an_empty_scene_or_labels_outside_the_label_set_are_one_line(tiny_world, tmp_path):

@@ -78,3 +78,54 @@ def test_cli_reports_bad_params_in_one_line(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0
     assert r.stderr.startswith(f"error: {p}: data.world.color_size: expected a list of 2 to 2 items")
+
+
+def _with_variation(**v) -> dict:
+    cfg = yaml.safe_load((ROOT / "params.yaml").read_text())
+    cfg["variations"] = {"v": v}
+    return cfg
+
+
+def test_a_variation_merges_its_overrides_and_scales():
+    cfg = params.validate(_with_variation(table="paper_ablation", set={"finetune": {"tqm": False}}))
+    v = params.variation(cfg, "v")
+    assert v["finetune"]["tqm"] is False and cfg["finetune"]["tqm"] is True and "variations" not in v
+    cfg = params.validate(_with_variation(table="convergence", scale={"finetune.steps": 3}, inits=["scratch"]))
+    assert params.variation(cfg, "v")["finetune"]["steps"] == 3 * cfg["finetune"]["steps"]
+    assert cfg["variations"]["v"]["tasks"] == ["semseg"] and cfg["variations"]["v"]["label_fractions"] is None
+
+
+@pytest.mark.parametrize("variation, message", [
+    ({"table": "paper_ablation", "set": {"finetune": {"tqmm": False}}},
+     "params.yaml: variations.v.set: finetune.tqmm: unknown key"),
+    ({"table": "paper_ablation", "set": {"finetune": {"seeds": [5]}}},
+     "params.yaml: variations.v: finetune.seeds: a variation cannot change the dataset or the lists of jobs"),
+    ({"table": "paper_ablation", "set": {"data": {"source": "scannet"}}},
+     "params.yaml: variations.v: data.source: a variation cannot change the dataset or the lists of jobs"),
+    ({"table": "convergence", "scale": {"clip.model": 2}},
+     "params.yaml: variations.v.scale: clip.model: expected a numeric param, got 't4p-tiny'"),
+    ({"table": "paper_ablation", "inits": ["scratch", "mystery"]},
+     "params.yaml: variations.v.inits.1: expected one of ['scratch', 'text4point', 'image_contrast', 'pointcontrast']"),
+    ({"table": "paper_ablation", "label_fractions": [0.5]},
+     "params.yaml: variations.v.label_fractions: 0.5 is not in finetune.label_fractions"),
+    ({"set": {}}, "params.yaml: variations.v.table: missing; it is required"),
+])
+def test_a_bad_variation_is_one_line(variation, message):
+    with pytest.raises(InputError) as e:
+        params.validate(_with_variation(**variation))
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_a_variation_reruns_the_rules_its_params_change_and_what_reads_them():
+    from text4point import dag
+
+    def varied(**v):
+        return dag.varied_rules(params.validate(_with_variation(**v)), "v")
+
+    assert varied(table="paper_ablation", set={"finetune": {"tqm": False}}) == {"finetune"}
+    assert varied(table="paper_ablation", set={"pretrain": {"loss_weights": {"decoder": 0.0}}}) == {
+        "pretrain", "finetune"}
+    assert varied(table="teacher", set={"clip": {"bootstrap": {"epochs": 3}}}) == {
+        "clip_bootstrap", "clip_features", "pretrain", "finetune"}
+    assert varied(table="paper_ablation", set={"correspondences": {"overlap_threshold": 0.5}}) == {
+        "correspondences", "pretrain", "finetune"}

@@ -118,7 +118,8 @@ def test_slurm_profile_settings():
     assert "CHANGE_ME" in profile["default-resources"]["slurm_partition"]
     assert profile["default-resources"]["gpu"] == 0 and default["set-resources"]["pretrain"]["gpu"] == 0
     assert {rule for rule, res in profile["set-resources"].items() if res.get("gpu", 0) >= 1} == {
-        "pretrain", "finetune", "clip_bootstrap"}
+        "pretrain", "finetune", "clip_bootstrap", "pretrain_variation", "finetune_variation",
+        "clip_bootstrap_variation"}
 
 
 def _dry_run_pretrain(extra: list[str]) -> tuple[str, str]:
@@ -156,7 +157,8 @@ def test_tiny_dag_through_slurm_equals_a_local_run(cluster, tmp_path, tiny_refer
     ft = tiny["finetune"]
     expected = {"data": 1, "show": 1, "clip_bootstrap": 1, "correspondences": 1, "clip_features": 1,
                 "pretrain": len(tiny["pretrain"]["variants"]), "tables": 1, "figures": 1,
-                "finetune": len(ft["tasks"]) * len(ft["inits"]) * len(ft["seeds"]) * len(ft["label_fractions"])}
+                "finetune": len(ft["tasks"]) * len(ft["inits"]) * len(ft["seeds"]) * len(ft["label_fractions"]),
+                "finetune_variation": len(tiny["variations"])}  # each a semseg/text4point job at seed 0, fraction 1
     jobs = _slurm_jobs(proj)
     assert {rule: list(jobs.values()).count(rule) for rule in set(jobs.values())} == expected
     run_id = re.search(r"SLURM run ID: (\S+)", run.stdout + run.stderr)[1]

@@ -110,7 +110,7 @@ def test_tiny_pipeline_under_snakemake_and_dvc(tmp_path):
 
     # --- the rest of the DAG: every pre-training variant, the fine-tuning jobs, the tables
     _run(SNAKEMAKE + ["all"], proj, env)
-    for name in ("semseg", "insseg", "det", "efficiency", "ablation", "zeroshot", "reference"):
+    for name in ("semseg", "insseg", "det", "efficiency", "ablation", "zeroshot", "reference", "paper_ablation"):
         assert (proj / f"results/tables/{name}.md").exists() and (proj / f"results/tables/{name}.csv").exists()
     semseg = (proj / "results/tables/semseg.md").read_text()
     assert "| scratch | 1.0 | 1 |" in semseg and "| text4point | 1.0 | 1 |" in semseg
@@ -158,10 +158,10 @@ def test_tiny_pipeline_under_snakemake_and_dvc(tmp_path):
     (proj / "params.yaml").write_text(original.replace("  steps: 1\n  max_points: 3000",
                                                        "  steps: 2\n  max_points: 3000"))
     jobs = _dry_run_jobs(proj, env)
-    assert jobs == {"finetune": 6, "tables": 1, "figures": 1, "all": 1}, jobs
+    assert jobs == {"finetune": 6, "finetune_variation": 1, "tables": 1, "figures": 1, "all": 1}, jobs
     (proj / "params.yaml").write_text(original.replace("  seeds: [0]", "  seeds: [0, 1]"))
     jobs = _dry_run_jobs(proj, env)
-    assert jobs == {"finetune": 6, "tables": 1, "figures": 1, "all": 1}, jobs
+    assert jobs == {"finetune": 6, "finetune_variation": 1, "tables": 1, "figures": 1, "all": 1}, jobs
     (proj / "params.yaml").write_text(original)
 
     # --- changing a data parameter reruns exactly the jobs that read it
@@ -189,14 +189,17 @@ TOUCHED = {
     "src/text4point/figures.py": {"figures": 1, "all": 1},
     "src/text4point/tables.py": {"tables": 1, "all": 1},
     "src/text4point/show.py": {"show": 1, "all": 1},
-    "src/text4point/pretrain/model.py": {"pretrain": 3, "finetune": 3, "tables": 1, "figures": 1, "all": 1},
-    "src/text4point/correspondences.py": {"correspondences": 1, "pretrain": 3, "finetune": 3, "tables": 1,
-                                          "figures": 1, "all": 1},
-    "src/text4point/clip/crops.py": {"clip_bootstrap": 1, "clip_features": 1, "pretrain": 3, "finetune": 3,
-                                     "tables": 1, "figures": 1, "all": 1},
-    "src/text4point/world/render.py": {"data": 1, "show": 1, "clip_bootstrap": 1, "correspondences": 1,
-                                       "clip_features": 1, "pretrain": 3, "finetune": 6, "tables": 1, "figures": 1,
+    "src/text4point/tasks/semseg.py": {"finetune": 2, "finetune_variation": 1, "tables": 1, "figures": 1,
                                        "all": 1},
+    "src/text4point/pretrain/model.py": {"pretrain": 3, "finetune": 3, "finetune_variation": 1, "tables": 1,
+                                         "figures": 1, "all": 1},
+    "src/text4point/correspondences.py": {"correspondences": 1, "pretrain": 3, "finetune": 3,
+                                          "finetune_variation": 1, "tables": 1, "figures": 1, "all": 1},
+    "src/text4point/clip/crops.py": {"clip_bootstrap": 1, "clip_features": 1, "pretrain": 3, "finetune": 3,
+                                     "finetune_variation": 1, "tables": 1, "figures": 1, "all": 1},
+    "src/text4point/world/render.py": {"data": 1, "show": 1, "clip_bootstrap": 1, "correspondences": 1,
+                                       "clip_features": 1, "pretrain": 3, "finetune": 6, "finetune_variation": 1,
+                                       "tables": 1, "figures": 1, "all": 1},
 }
 
 

@@ -150,8 +150,9 @@ def cmd_tables(args) -> None:
 
     cfg = _start(args)
     out = Path(args.out_dir)
-    summary = tables.build_tables(cfg, Path(args.finetune_dir), Path(args.pretrain_dir), out)
-    logged = {k: cfg[k] for k in ("finetune", "pretrain") if k in cfg}
+    summary = tables.build_tables(cfg, Path(args.finetune_dir), Path(args.pretrain_dir), out,
+                                  Path(args.variations_dir))
+    logged = {k: cfg[k] for k in ("finetune", "pretrain", "variations") if k in cfg}
     with tracking.run("tables", logged, tags={"params_hash": P.params_hash(logged)},
                       experiment_prefix=cfg["tracking"]["experiment_prefix"]):
         tracking.log_artifacts(out, "tables")
@@ -268,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_params(sub.add_parser("tables", help="the comparison tables from the fine-tuning and pre-training jobs"))
     p.add_argument("--finetune-dir", default="results/finetune", help="the finetune jobs' directory")
     p.add_argument("--pretrain-dir", default="results/metrics/pretrain", help="the pretrain jobs' metrics")
+    p.add_argument("--variations-dir", default="results/variations", help="the variations' jobs")
     p.add_argument("--out-dir", default="results/tables", help="where the tables go")
     p.set_defaults(func=cmd_tables)
 

@@ -46,7 +46,7 @@ def rule_params(rule: str) -> list[str]:
         "clip_bootstrap": ["seed", "clip.model", "clip.pretrained", "clip.templates", "clip.bootstrap", "tracking"],
         "correspondences": ["seed", "correspondences", "tracking"],
         "clip_features": ["seed", "clip", "correspondences.frame_skip", "tracking"],
-        "tables": ["finetune", "pretrain", "tracking"],
+        "tables": ["finetune", "pretrain", "variations", "tracking"],
         "figures": ["finetune"],
     }
     if rule == "pretrain":
@@ -55,6 +55,39 @@ def rule_params(rule: str) -> list[str]:
         return ["seed", *_job_keys("finetune"), *_job_keys("pretrain"), "clip", "correspondences.voxel_size",
                 "tracking"]
     return fixed[rule]
+
+
+def job_params(cfg: dict, rule: str) -> dict:
+    """The params a job of ``rule`` reads, picked from the validated ``cfg`` (what ``--params-json`` holds)."""
+    picked: dict = {}
+    for name in rule_params(rule):
+        *parents, leaf = name.split(".")
+        src, dst = cfg, picked
+        for part in parents:
+            src, dst = src[part], dst.setdefault(part, {})
+        dst[leaf] = src[leaf]
+    return picked
+
+
+# ---------------------------------------------------------------- variations
+
+# The rules a variation can change, in the DAG's order, with the rules whose outputs their jobs read.
+UPSTREAM = {"clip_bootstrap": (), "correspondences": (), "clip_features": ("clip_bootstrap",),
+            "pretrain": ("correspondences", "clip_features", "clip_bootstrap"),
+            "finetune": ("pretrain", "clip_bootstrap")}
+
+
+def varied_rules(cfg: dict, name: str) -> set[str]:
+    """The rules whose jobs differ under variation ``name``: their own params differ from the default jobs', or a
+    rule upstream of them does (those jobs run again under the variation; the others are shared)."""
+    from .params import variation
+
+    other = variation(cfg, name)
+    out: set[str] = set()
+    for rule, upstream in UPSTREAM.items():
+        if job_params(cfg, rule) != job_params(other, rule) or out & set(upstream):
+            out.add(rule)
+    return out
 
 
 # ---------------------------------------------------------------- code dependencies
@@ -273,4 +306,5 @@ def dvc_yaml(params_yaml: dict) -> str:
     return HEADER + yaml.safe_dump(doc, sort_keys=False, width=120)
 
 
-__all__ = ["COMMANDS", "code_files", "dvc_yaml", "module_closure", "rule_params"]
+__all__ = ["COMMANDS", "UPSTREAM", "code_files", "dvc_yaml", "job_params", "module_closure", "rule_params",
+           "varied_rules"]

@@ -34,6 +34,9 @@ def schema() -> dict:
     props["pretrain"]["properties"]["variants"]["items"]["enum"] = list(VARIANTS)
     props["finetune"]["properties"]["tasks"]["items"]["enum"] = list(task_names())
     props["finetune"]["properties"]["inits"]["items"]["enum"] = list(INITS)
+    var = props["variations"]["additionalProperties"]["properties"]
+    var["tasks"]["items"]["enum"] = list(task_names())
+    var["inits"]["items"]["enum"] = list(INITS)
     return sch
 
 
@@ -113,7 +116,65 @@ def validate(cfg: dict, source: str = "params.yaml", sections_only: bool = False
         deepest = max(errors, key=lambda e: len(list(e.absolute_path)))
         raise InputError(_one_line(deepest, source))
     _fill_defaults(cfg, sch, create_sections=not sections_only)
+    for name, v in (cfg.get("variations") or {}).items():
+        _fill_defaults(v, sch["properties"]["variations"]["additionalProperties"])
+        if not sections_only:
+            variation(cfg, name, source)  # every variation must give valid params
     return cfg
+
+
+# keys a variation may not change: the dataset, and the lists that only say which jobs exist
+FIXED_KEYS = ("data", "variations", "finetune.tasks", "finetune.inits", "finetune.seeds", "finetune.label_fractions",
+              "pretrain.variants")
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _paths(d: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        out += _paths(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"]
+    return out
+
+
+def variation(cfg: dict, name: str, source: str = "params.yaml") -> dict:
+    """The params of variation ``name`` of the validated ``cfg``: its ``set`` merged in, its ``scale`` applied,
+    validated again (one-line errors name ``variations.<name>``); without the ``variations`` section."""
+    where = f"{source}: variations.{name}"
+    try:
+        v = cfg["variations"][name]
+    except KeyError:
+        raise InputError(f"{where}: unknown variation; expected one of {sorted(cfg.get('variations') or {})}") from None
+    ft = cfg["finetune"]
+    for key, values, allowed in (("tasks", v["tasks"], ft["tasks"]), ("inits", v["inits"], ft["inits"]),
+                                 ("label_fractions", v["label_fractions"] or [], ft["label_fractions"])):
+        extra = [x for x in values if x not in allowed]
+        if extra:
+            raise InputError(f"{where}.{key}: {extra[0]!r} is not in finetune.{key} {allowed}: the variation's jobs "
+                             f"are compared with the default jobs")
+    for key in _paths(v["set"]) + list(v["scale"]):
+        if any(key == f or key.startswith(f + ".") for f in FIXED_KEYS):
+            raise InputError(f"{where}: {key}: a variation cannot change the dataset or the lists of jobs")
+    base = {k: val for k, val in cfg.items() if k != "variations"}
+    merged = _merge(base, v["set"])
+    for key, factor in v["scale"].items():
+        *parents, leaf = key.split(".")
+        node = merged
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or not isinstance(node.get(leaf), (int, float)) or isinstance(node[leaf], bool):
+            got = node.get(leaf) if isinstance(node, dict) else None
+            raise InputError(f"{where}.scale: {key}: expected a numeric param, got {got!r}")
+        value = node[leaf] * factor
+        node[leaf] = int(round(value)) if isinstance(node[leaf], int) else value
+    out = validate(merged, f"{where}.set")
+    out.pop("variations", None)
+    return out
 
 
 def load(path: str | os.PathLike = "params.yaml") -> dict:

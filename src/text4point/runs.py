@@ -41,4 +41,10 @@ def collect(ft_root: Path, ft: dict) -> dict:
     return runs
 
 
-__all__ = ["FINETUNE_PATTERN", "collect", "read_metrics", "run_path"]
+def collect_seeds(ft_root: Path, tasks, inits, fractions, seeds) -> dict:
+    """``{(task, init, frac): {seed: metrics}}`` of the fine-tuning jobs under ``ft_root``."""
+    return {(task, init, float(frac)): {int(s): read_metrics(run_path(ft_root, task, init, s, frac)) for s in seeds}
+            for task in tasks for init in inits for frac in fractions}
+
+
+__all__ = ["FINETUNE_PATTERN", "collect", "collect_seeds", "read_metrics", "run_path"]

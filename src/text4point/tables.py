@@ -1,18 +1,23 @@
 """The ``tables`` stage: the paper's comparison rebuilt from the fine-tuning and pre-training jobs' metrics.
 
-Reads ``results/finetune/<task>/<init>/seed<s>-frac<f>/metrics.json`` for exactly the jobs that params name
-(tasks × inits × seeds × label fractions; a missing one is a one-line error) and
-``results/metrics/pretrain/<variant>.json``, and writes ``<out>/{semseg,insseg,det,efficiency,ablation,
-zeroshot,reference}.{md,csv}`` (csv with pandas):
+Reads ``results/finetune/<task>/<init>/seed<s>-frac<f>/metrics.json`` for exactly the jobs that params name, the
+variations' jobs under ``results/variations/<name>/finetune/`` and ``results/metrics/pretrain/<variant>.json``
+(a missing one is a one-line error), and writes ``<out>/<table>.{md,csv}`` for :func:`table_names`. Every CSV is
+tidy and numeric (one observation per row, values in %), for pandas; the Markdown prints ``mean ± std``:
 
-- ``semseg``, ``insseg``, ``det``: one row per initialisation at the largest label fraction; every metric as
-  mean ± sample standard deviation over the seeds, with the number of seeds, dataset and split, the MLflow
-  run ids and the params hashes of the jobs;
-- ``efficiency``: the primary metric of every task × init × label fraction (CSC's data-efficient protocol);
-- ``ablation``: what pre-training and language add, as differences of the primary metric's seed means:
-  image_contrast − scratch, text4point − image_contrast (the TQM and the text at pre- and fine-tuning time),
-  text4point − scratch;
-- ``zeroshot``: the pre-training variants' zero-shot mIoU on val next to the untrained network's;
+- one table per task (``semseg``, ``insseg``, ``det``): a row per init × label fraction × metric with the mean,
+  sample std, number of seeds and 95 % t-interval over the seeds, the seeds, MLflow run ids and params hashes;
+- ``efficiency``: the same for the primary metric of every task × init × label fraction (CSC's data-efficient
+  protocol);
+- ``ablation``: what pre-training and language add, as **paired** differences of the primary metric over the
+  seeds (A(s) − B(s), 95 % t-interval; ``*`` where it excludes 0). At one seed the two jobs share the train
+  scenes (the label fraction's subset comes from the data seed), their order and augmentation, and the head's
+  initialisation; they differ in the initialisation of the backbone (and, for text4point, its language modules);
+- ``paper_ablation`` (variations with ``table: paper_ablation``): default − variation, paired, per task × init ×
+  label fraction: what the component the variation removes is worth;
+- ``convergence`` (``table: convergence``): the default schedule against a longer one, paired;
+- ``zeroshot``: the pre-training variants' zero-shot mIoU on val next to the untrained network's, the constant
+  labelling and the 2D teacher's own (with its coverage);
 - ``reference``: published numbers on *real ScanNet* (CSC's model-zoo tables), clearly other data, for scale.
 """
 
@@ -21,13 +26,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
-
 from . import faults, tasks
 from .fsutil import atomic_path, write_text
-from .runs import collect, read_metrics
+from .runs import collect_seeds, read_metrics
+from .stats import Summary, interval, mean_std, paired, summarize
 
-TABLE_NAMES = ("semseg", "insseg", "det", "efficiency", "ablation", "zeroshot", "reference")
+FIXED_TABLES = ("efficiency", "ablation", "zeroshot", "reference")
+STUDY_TABLES = ("paper_ablation", "convergence")
+TABLE_NAMES = ("semseg", "insseg", "det") + FIXED_TABLES + STUDY_TABLES  # with the default params
 
 # Published numbers on real ScanNet v2 val, from the Contrastive Scene Contexts repository's model-zoo tables
 # (github.com/facebookresearch/ContrastiveSceneContexts README; Hou et al., CVPR 2021; SR-UNet backbone for
@@ -45,19 +51,29 @@ REFERENCE = [
 REFERENCE_SOURCE = ("Hou, Graham, Nießner, Xie: Exploring Data-Efficient 3D Scene Understanding with Contrastive "
                     "Scene Contexts, CVPR 2021; numbers from github.com/facebookresearch/ContrastiveSceneContexts "
                     "(README model zoo, ScanNet v2 val, 10% / 100% of the train scenes)")
+# Comparisons of initialisations: (a, b, what a − b isolates).
+COMPARISONS = [("image_contrast", "scratch", "image pre-training"),
+               ("text4point", "image_contrast", "text (TQM + prompts)"),
+               ("text4point", "scratch", "Text4Point overall"),
+               ("text4point", "pointcontrast", "Text4Point vs PointContrast"),
+               ("pointcontrast", "scratch", "PointContrast")]
+SUMMARY = ["mean", "std", "n", "ci95_low", "ci95_high"]
+ZEROSHOT = [("zeroshot_miou", "zero-shot mIoU"), ("zeroshot_accuracy", "zero-shot accuracy"),
+            ("zeroshot_miou_random", "untrained network mIoU"), ("zeroshot_accuracy_random", "untrained accuracy"),
+            ("zeroshot_miou_majority_constant", "every point = most frequent class, mIoU"),
+            ("zeroshot_miou_teacher", "2D teacher mIoU (points it sees)"),
+            ("zeroshot_teacher_coverage", "2D teacher coverage of the labelled points")]
 
 
+def table_names(cfg: dict) -> list[str]:
+    """The tables the stage writes for ``cfg``: one per task, the fixed ones, and those the variations ask for."""
+    studies = {v["table"] for v in cfg["variations"].values()}
+    return list(cfg["finetune"]["tasks"]) + list(FIXED_TABLES) + [t for t in STUDY_TABLES if t in studies]
 
 
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    v = np.asarray(values, np.float64)
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-
-
-def _pm(mean: float, std: float, n: int) -> str:
-    return f"{100 * mean:.1f} ± {100 * std:.1f}" if n > 1 else f"{100 * mean:.1f}"
+def _cells(s: Summary) -> list:
+    return [round(x, 4) if isinstance(x, float) and not math.isnan(x) else x for x in
+            (s.mean, s.std, s.n, s.ci95_low, s.ci95_high)]
 
 
 def _markdown(title: str, note: str, header: list[str], rows: list[list]) -> str:
@@ -75,81 +91,170 @@ def _write(out_dir: Path, name: str, md: str, header: list[str], rows: list[list
         pd.DataFrame(rows, columns=header).to_csv(tmp, index=False)
 
 
+def _values(jobs: dict, key: str) -> dict[int, float]:
+    """``{seed: 100 · metric}`` of one cell's jobs."""
+    return {s: 100.0 * float(m[key]) for s, m in jobs.items()}
 
 
-def build_tables(cfg: dict, ft_root: Path, pretrain_root: Path, out_dir: Path) -> dict:
-    """Write every table (see the module docstring); returns a summary for the stage's log."""
+def _provenance(jobs: dict) -> list[str]:
+    return [" ".join(str(s) for s in sorted(jobs)), " ".join(str(jobs[s].get("mlflow_run_id")) for s in sorted(jobs)),
+            " ".join(sorted({str(m.get("params_hash")) for m in jobs.values()}))]
+
+
+def _task_tables(out_dir: Path, ft: dict, runs: dict, where: str) -> None:
+    prov = ["seeds", "mlflow_runs", "params_hashes"]
+    eff_rows, eff_md = [], []
+    for task in ft["tasks"]:
+        spec = tasks.get(task)
+        rows, md = [], []
+        for init in ft["inits"]:
+            for f in ft["label_fractions"]:
+                jobs = runs[(task, init, float(f))]
+                cells = []
+                for metric, name in spec.metrics.items():
+                    s = summarize(list(_values(jobs, metric).values()))
+                    rows.append([task, init, float(f), name] + _cells(s) + _provenance(jobs))
+                    cells.append(mean_std(s))
+                    if metric == spec.primary:
+                        eff_rows.append(rows[-1])
+                md.append([init, f, len(jobs)] + cells + _provenance(jobs)[1:])
+        header = ["init", "label fraction", "seeds"] + list(spec.metrics.values()) + ["mlflow runs", "params hashes"]
+        _write(out_dir, task, _markdown(f"{task}: {spec.title} by initialisation", where, header, md),
+               ["task", "init", "label_fraction", "metric"] + SUMMARY + prov, rows)
+    for task in ft["tasks"]:
+        spec = tasks.get(task)
+        for init in ft["inits"]:
+            eff_md.append([task, spec.metrics[spec.primary], init] + [
+                mean_std(summarize(list(_values(runs[(task, init, float(f))], spec.primary).values())))
+                for f in ft["label_fractions"]])
+    header = ["task", "metric", "init"] + [f"{f:g} of train scenes" for f in ft["label_fractions"]]
+    _write(out_dir, "efficiency", _markdown("Data efficiency (CSC's limited-scene protocol)", where, header, eff_md),
+           ["task", "init", "label_fraction", "metric"] + SUMMARY + prov, eff_rows)
+
+
+def _paired_row(a: dict, b: dict, key: str) -> tuple[Summary, list[int]]:
+    return paired(_values(a, key), _values(b, key))
+
+
+def _ablation(out_dir: Path, ft: dict, runs: dict, where: str) -> None:
+    rows, md = [], []
+    for task in ft["tasks"]:
+        spec = tasks.get(task)
+        name = spec.metrics[spec.primary]
+        for f in ft["label_fractions"]:
+            for a, b, what in COMPARISONS:
+                if a in ft["inits"] and b in ft["inits"]:
+                    s, seeds = _paired_row(runs[(task, a, float(f))], runs[(task, b, float(f))], spec.primary)
+                    rows.append([task, float(f), name, a, b, what] + _cells(s) + [s.excludes_zero,
+                                                                                  " ".join(map(str, seeds))])
+                    md.append([task, name, f, f"{a} − {b}", what, f"{s.mean:+.1f}", interval(s), s.n])
+    note = where + (" Paired over seeds: A(s) − B(s) for each seed s, then the mean and its 95 % t-interval; `*` "
+                    "marks an interval that excludes 0. One seed fixes the train scenes, their order and "
+                    "augmentation and the head's initialisation for both initialisations.")
+    _write(out_dir, "ablation", _markdown("Ablation: paired differences between initialisations", note,
+                                          ["task", "metric", "label fraction", "comparison", "what it isolates",
+                                           "difference (points)", "95 % CI", "seeds"], md),
+           ["task", "label_fraction", "metric", "a", "b", "isolates"] + SUMMARY + ["excludes_zero", "seeds"], rows)
+
+
+def _variation_runs(var_root: Path, cfg: dict, name: str) -> dict:
+    v = cfg["variations"][name]
+    fracs = v["label_fractions"] or cfg["finetune"]["label_fractions"]
+    return collect_seeds(Path(var_root) / name / "finetune", v["tasks"], v["inits"], fracs, cfg["finetune"]["seeds"])
+
+
+def _studies(out_dir: Path, cfg: dict, runs: dict, var_root: Path, where: str) -> list[str]:
+    written = []
+    for table in STUDY_TABLES:
+        names = [n for n, v in cfg["variations"].items() if v["table"] == table]
+        if not names:
+            continue
+        rows, md = [], []
+        for name in names:
+            v = cfg["variations"][name]
+            for (task, init, f), jobs in _variation_runs(var_root, cfg, name).items():
+                spec = tasks.get(task)
+                base = runs[(task, init, f)]  # params checked that the default jobs include it
+                d0, dv = summarize(list(_values(base, spec.primary).values())), summarize(
+                    list(_values(jobs, spec.primary).values()))
+                metric = spec.metrics[spec.primary]
+                if table == "paper_ablation":  # what the removed component is worth: default − variation
+                    s, seeds = _paired_row(base, jobs, spec.primary)
+                    rows.append([name, v["description"], task, init, f, metric, d0.mean, dv.mean] + _cells(s)
+                                + [s.excludes_zero, " ".join(map(str, seeds))])
+                    md.append([name, v["description"], task, init, f, metric, mean_std(d0), mean_std(dv),
+                               f"{s.mean:+.1f}", interval(s)])
+                else:  # convergence: the longer schedule − the default one
+                    s, seeds = _paired_row(jobs, base, spec.primary)
+                    steps = (_steps(base), _steps(jobs))
+                    within = abs(s.mean) <= 2.0
+                    rows.append([name, task, init, f, metric, *steps, d0.mean, dv.mean] + _cells(s)
+                                + [within, " ".join(map(str, seeds))])
+                    md.append([task, init, f, metric, f"{steps[0]}: {mean_std(d0)}", f"{steps[1]}: {mean_std(dv)}",
+                               f"{s.mean:+.1f}", interval(s), "yes" if within else "**no**"])
+        if table == "paper_ablation":
+            header = ["variation", "what it removes", "task", "init", "label fraction", "metric", "default",
+                      "variation", "default − variation (points)", "95 % CI"]
+            tidy = (["variation", "description", "task", "init", "label_fraction", "metric", "default_mean",
+                     "variation_mean"] + SUMMARY + ["excludes_zero", "seeds"])
+            title = "The paper's ablations: what each component is worth (paired over seeds)"
+        else:
+            header = ["task", "init", "label fraction", "metric", "default (steps: value)", "longer (steps: value)",
+                      "longer − default (points)", "95 % CI", "within 2 points"]
+            tidy = (["variation", "task", "init", "label_fraction", "metric", "steps_default", "steps_variation",
+                     "default_mean", "variation_mean"] + SUMMARY + ["within_2_points", "seeds"])
+            title = "Convergence: the default schedule against a longer one (paired over seeds)"
+        _write(out_dir, table, _markdown(title, where + " `*`: the 95 % interval excludes 0.", header, md), tidy, rows)
+        written.append(table)
+    return written
+
+
+def _steps(jobs: dict) -> int:
+    steps = {int(m["steps"]) for m in jobs.values()}
+    return steps.pop() if len(steps) == 1 else max(steps)
+
+
+def _zeroshot(out_dir: Path, cfg: dict, pretrain_root: Path, where: str) -> None:
+    rows, md = [], []
+    for v in cfg["pretrain"]["variants"]:
+        m = read_metrics(Path(pretrain_root) / f"{v}.json")
+        cells = []
+        for key, name in ZEROSHOT:
+            value = m.get(key)
+            value = None if value is None else 100.0 * float(value)
+            rows.append([v, key, value, m.get("params_hash")])
+            cells.append("n/a" if value is None else f"{value:.1f}")
+        md.append([v] + cells + [m.get("params_hash")])
+    header = ["variant"] + [name for _, name in ZEROSHOT] + ["params hash"]
+    _write(out_dir, "zeroshot", _markdown("Zero-shot segmentation after pre-training (val)", where + " pointcontrast "
+                                          "has no CLIP-space head (n/a).", header, md),
+           ["variant", "quantity", "value", "params_hash"], rows)
+
+
+def build_tables(cfg: dict, ft_root: Path, pretrain_root: Path, out_dir: Path,
+                 var_root: Path | None = None) -> dict:
+    """Write every table of :func:`table_names` (see the module docstring); returns a summary for the log."""
     ft = cfg["finetune"]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = collect(Path(ft_root), ft)
-    any_run = next(iter(runs.values()))[0]
-    dataset, split = any_run.get("dataset", "?"), any_run.get("split", "val")
-    full = max(float(f) for f in ft["label_fractions"])
-    n_seeds = len(ft["seeds"])
+    runs = collect_seeds(Path(ft_root), ft["tasks"], ft["inits"], ft["label_fractions"], ft["seeds"])
+    any_run = next(iter(next(iter(runs.values())).values()))
+    dataset, split = any_run["dataset"], any_run["split"]
     where = (f"Dataset: {dataset} (the offline world unless data.source says otherwise), evaluated on the {split} "
-             f"split; mean ± sample std over {n_seeds} seed(s) {list(ft['seeds'])}; numbers in %.")
-
-    for task in ft["tasks"]:
-        spec = tasks.get(task)
-        metrics = list(spec.metrics)
-        header = ["init", "label fraction", "seeds"] + [spec.metrics[m] for m in metrics] + ["mlflow runs",
-                                                                                             "params hashes"]
-        rows = []
-        for init in ft["inits"]:
-            jobs = runs[(task, init, full)]
-            cells = [_pm(*_mean_std([j[m] for j in jobs]), len(jobs)) for m in metrics]
-            rows.append([init, full, len(jobs)] + cells + [" ".join(str(j.get("mlflow_run_id")) for j in jobs),
-                                                           " ".join(sorted({str(j.get("params_hash")) for j in jobs}))])
-        _write(out_dir, task, _markdown(f"{task}: fine-tuning by initialisation", where, header, rows), header, rows)
-
-    header = ["task", "metric", "init"] + [f"{f:g} of train scenes" for f in ft["label_fractions"]]
-    rows = []
-    for task in ft["tasks"]:
-        spec = tasks.get(task)
-        for init in ft["inits"]:
-            cells = [_pm(*_mean_std([j[spec.primary] for j in runs[(task, init, float(f))]]), n_seeds)
-                     for f in ft["label_fractions"]]
-            rows.append([task, spec.metrics[spec.primary], init] + cells)
-    _write(out_dir, "efficiency", _markdown("Data efficiency (CSC's limited-scene protocol)", where, header, rows),
-           header, rows)
-
-    pairs = [("image_contrast", "scratch", "image pre-training"),
-             ("text4point", "image_contrast", "text (TQM + prompts)"),
-             ("text4point", "scratch", "Text4Point overall"), ("pointcontrast", "scratch", "PointContrast")]
-    header = ["task", "metric", "label fraction", "comparison", "what it isolates", "difference (points)"]
-    rows = []
-    for task in ft["tasks"]:
-        spec = tasks.get(task)
-        for f in ft["label_fractions"]:
-            for a, b, what in pairs:
-                if a in ft["inits"] and b in ft["inits"]:
-                    ma = np.mean([j[spec.primary] for j in runs[(task, a, float(f))]])
-                    mb = np.mean([j[spec.primary] for j in runs[(task, b, float(f))]])
-                    rows.append([task, spec.metrics[spec.primary], f, f"{a} − {b}", what, f"{100 * (ma - mb):+.1f}"])
-    _write(out_dir, "ablation", _markdown("Ablation: differences of seed means", where, header, rows), header, rows)
-
-    header = ["variant", "zero-shot mIoU", "zero-shot accuracy", "untrained network mIoU", "untrained accuracy",
-              "every point = most frequent class, mIoU", "params hash"]
-    rows = []
-    for v in cfg["pretrain"]["variants"]:
-        m = read_metrics(Path(pretrain_root) / f"{v}.json")
-        pct = lambda x: "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"  # noqa: E731
-        rows.append([v, pct(m.get("zeroshot_miou")), pct(m.get("zeroshot_accuracy")),
-                     pct(m.get("zeroshot_miou_random")),
-                     pct(m.get("zeroshot_accuracy_random")), pct(m.get("zeroshot_miou_majority_constant")),
-                     m.get("params_hash")])
-    _write(out_dir, "zeroshot", _markdown("Zero-shot segmentation after pre-training (val)", where + " pointcontrast "
-                                          "has no CLIP-space head (n/a).", header, rows), header, rows)
-
-    header = ["method", "task", "metric", "label fraction", "value (%)"]
+             f"split; {len(ft['seeds'])} seed(s) {list(ft['seeds'])}; numbers in %.")
+    _task_tables(out_dir, ft, runs, where + " Mean ± sample std over the seeds.")
+    _ablation(out_dir, ft, runs, where)
+    studies = _studies(out_dir, cfg, runs, Path(var_root) if var_root else Path(ft_root).parent / "variations", where)
+    _zeroshot(out_dir, cfg, pretrain_root, where)
+    header = ["method", "task", "metric", "label_fraction", "value"]
     rows = [[r["method"], r["task"], r["metric"], r["label_fraction"], r["value"]] for r in REFERENCE]
     note = ("**Other data.** Published results on real ScanNet v2 (val) with other, much larger networks; they are "
             f"not comparable with the tables above and are listed for scale only. Source: {REFERENCE_SOURCE}. "
-            "Published scratch and PointContrast numbers were not verified here and are not listed.")
+            "Published scratch and PointContrast numbers were not verified here and are not listed. Values in %.")
     _write(out_dir, "reference", _markdown("Reference: published numbers (real ScanNet)", note, header, rows),
            header, rows)
-    return {"jobs": sum(len(v) for v in runs.values()), "tables": list(TABLE_NAMES), "dataset": dataset}
+    return {"jobs": sum(len(v) for v in runs.values()), "tables": table_names(cfg), "studies": studies,
+            "dataset": dataset}
 
 
-__all__ = ["REFERENCE", "TABLE_NAMES", "build_tables"]
+__all__ = ["COMPARISONS", "REFERENCE", "TABLE_NAMES", "build_tables", "table_names"]

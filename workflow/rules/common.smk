@@ -1,12 +1,14 @@
 import json
 import os
+import re
 import sys
 
 from text4point import dag
 from text4point.errors import InputError
-from text4point.names import INITS, VARIANTS as VARIANT_NAMES, task_names
-from text4point.params import validate as _validate_params
-from text4point.tables import TABLE_NAMES
+from text4point.names import INITS, LANGUAGE_INITS, SCRATCH, VARIANTS as VARIANT_NAMES, task_names
+from text4point.params import validate as _validate_params, variation as _variation
+from text4point.runs import FINETUNE_PATTERN
+from text4point.tables import table_names
 
 # One-line message naming the key and what is allowed; no traceback for a typo in params.yaml.
 try:
@@ -14,26 +16,31 @@ try:
 except InputError as _e:
     sys.exit(f"error: {_e}")
 
+# Variations (params.yaml `variations`): each reruns, under variations/<name>/, the jobs its overrides change.
+VARIATIONS = {name: _variation(config, name) for name in config["variations"]}
+VARIED = {name: dag.varied_rules(config, name) for name in config["variations"]}
+VAR = "variations/{variation}/"  # the path segment of a variation's outputs
+MODES = ("", VAR)  # every stage family defines its rules for the default jobs and for a variation's
 
-def sections(*names):
-    """JSON of the params that a job reads: top-level sections or dotted keys ("clip.bootstrap").
-    The CLI gets them as --params-json, and Snakemake's params trigger reruns a job exactly when
-    one of these values changes."""
-    picked = {}
-    for name in names:
-        *parents, leaf = name.split(".")
-        src, dst = config, picked
-        for p in parents:
-            src, dst = src[p], dst.setdefault(p, {})
-        dst[leaf] = src[leaf]
-    return json.dumps(picked, sort_keys=True)
+
+def cfg_of(wildcards):
+    """The params of a job: the variation's when it has a ``variation`` wildcard."""
+    v = getattr(wildcards, "variation", None)
+    return VARIATIONS[v] if v else config
+
+
+def at(rule, wildcards):
+    """``variations/<name>/`` when the job's variation reruns ``rule``'s jobs, else "" (the default job's output)."""
+    v = getattr(wildcards, "variation", None)
+    return f"variations/{v}/" if v and rule in VARIED[v] else ""
 
 
 def rule_params(rule):
-    """JSON of the params that the named rule's command reads, from text4point.dag.rule_params. A pre-training or
-    fine-tuning job reads its section but not the lists that only say which jobs exist (variants, tasks, inits,
-    seeds, label_fractions), so adding a seed or a variant reruns no finished job."""
-    return sections(*dag.rule_params(rule))
+    """JSON of the params that the named rule's command reads (text4point.dag.job_params: the sections and keys
+    of text4point.dag.rule_params), the variation's for a job of a variation. A pre-training or fine-tuning job
+    reads its section but not the lists that only say which jobs exist (variants, tasks, inits, seeds,
+    label_fractions), so adding a seed or a variant reruns no finished job."""
+    return lambda wildcards: json.dumps(dag.job_params(cfg_of(wildcards), rule), sort_keys=True)
 
 
 def code(rule):
@@ -46,18 +53,21 @@ def code(rule):
 TASK_PATTERN = "|".join(task_names())
 INIT_PATTERN = "|".join(INITS)
 VARIANT_PATTERN = "|".join(VARIANT_NAMES)
+VARIATION_PATTERN = "|".join(map(re.escape, VARIATIONS)) or "(?!)"  # (?!) matches nothing
 
 DATA = f"data/{config['data']['source']}"
 # Rules depend on the dataset through its small manifest, written last by the data stage: Snakemake
 # checksums small inputs, so a `dvc pull`/`dvc checkout` that only renews mtimes reruns nothing.
 DATASET = f"{DATA}/dataset.json"
 CLIP_ID = config["clip"]["model"]
-CLIP_BOOTSTRAP = config["clip"]["pretrained"] == "bootstrap"
-FEATURES = f"data/clip_features/{CLIP_ID}"
-CORR = "data/correspondences"
 VARIANTS = config["pretrain"]["variants"]
-TABLES = expand("results/tables/{name}.md", name=TABLE_NAMES)
-TABLE_CSVS = expand("results/tables/{name}.csv", name=TABLE_NAMES)
+TABLES = expand("results/tables/{name}.md", name=table_names(config))
+TABLE_CSVS = expand("results/tables/{name}.csv", name=table_names(config))
+
+
+def features_dir(mode):
+    """The clip_features output of the default jobs or of a variation (one CLIP per variation directory)."""
+    return f"data/clip_features/{CLIP_ID}" if not mode else f"data/{mode}clip_features"
 
 
 def dirname_of(kind, name):
@@ -68,29 +78,46 @@ def dirname_of(kind, name):
 
 
 def finetune_runs():
+    """The default fine-tuning jobs' metrics."""
     ft = config["finetune"]
-    return expand(
-        "results/finetune/{task}/{init}/seed{seed}-frac{frac}/metrics.json",
-        task=ft["tasks"],
-        init=ft["inits"],
-        seed=ft["seeds"],
-        frac=ft["label_fractions"],
-    )
+    return expand(f"results/finetune/{FINETUNE_PATTERN}/metrics.json", task=ft["tasks"], init=ft["inits"],
+                  seed=ft["seeds"], frac=ft["label_fractions"])
 
 
-def clip_model_inputs(wildcards=None):
-    return ["models/clip/bootstrap.pt"] if CLIP_BOOTSTRAP else []
+def variation_runs():
+    """Every variation's fine-tuning jobs' metrics (its tasks x inits x label fractions x finetune.seeds)."""
+    out = []
+    for name, v in config["variations"].items():
+        fracs = v["label_fractions"] or config["finetune"]["label_fractions"]
+        out += expand(f"results/variations/{name}/finetune/{FINETUNE_PATTERN}/metrics.json", task=v["tasks"],
+                      init=v["inits"], seed=config["finetune"]["seeds"], frac=fracs)
+    return out
+
+
+def bootstrap_input(wildcards):
+    """The bootstrap CLIP the job's params use (none for an open_clip tag or checkpoint)."""
+    if cfg_of(wildcards)["clip"]["pretrained"] != "bootstrap":
+        return []
+    return [f"models/{at('clip_bootstrap', wildcards)}clip/bootstrap.pt"]
+
+
+def features_input(wildcards):
+    return f"{features_dir(at('clip_features', wildcards))}/manifest.json"
+
+
+def correspondences_input(wildcards):
+    return f"data/{at('correspondences', wildcards)}correspondences/manifest.json"
 
 
 def finetune_clip_inputs(wildcards):
     """The frozen CLIP is needed at fine-tuning time only by the text4point init (its learnable prompt)."""
-    return clip_model_inputs() if wildcards.init == "text4point" else []
+    return bootstrap_input(wildcards) if wildcards.init in LANGUAGE_INITS else []
 
 
 def pretrain_checkpoint(wildcards):
-    if wildcards.init == "scratch":
+    if wildcards.init == SCRATCH:
         return []
-    return f"models/pretrain/{wildcards.init}/checkpoint.pt"
+    return f"models/{at('pretrain', wildcards)}pretrain/{wildcards.init}/checkpoint.pt"
 
 
 def launcher(wildcards, resources):

@@ -3,39 +3,45 @@
 # one GPU (workflow/profiles/slurm), and only pre-training launches through torchrun.
 
 
-rule finetune:
-    input:
-        data=DATASET,
-        init=pretrain_checkpoint,
-        clip=finetune_clip_inputs,
-        code=code("finetune"),
-    output:
-        metrics="results/finetune/{task}/{init}/seed{seed}-frac{frac}/metrics.json",
-        predictions="results/finetune/{task}/{init}/seed{seed}-frac{frac}/predictions.npz",
-    wildcard_constraints:
-        task=TASK_PATTERN,
-        init=INIT_PATTERN,
-        seed=r"\d+",
-    params:
-        cfg=rule_params("finetune"),
-        root=dirname_of("input", "data"),
-        init=lambda wildcards, input: f"--init-checkpoint {input.init}" if input.init else "",
-        clip=lambda wildcards, input: f"--clip-checkpoint {input.clip[0]}" if input.clip else "",
-    conda:
-        "../envs/text4point.yaml"
-    log:
-        "logs/finetune/{task}/{init}/seed{seed}-frac{frac}.log",
-    benchmark:
-        "results/benchmarks/stages/finetune_{task}_{init}_seed{seed}-frac{frac}.tsv"
-    shell:
-        "text4point finetune --params-json {params.cfg:q} --task {wildcards.task} --init {wildcards.init} "
-        "--seed {wildcards.seed} --label-fraction {wildcards.frac} --data {params.root} {params.init} {params.clip} "
-        "--out {output.metrics} --predictions {output.predictions} --quiet > {log} 2>&1"
+for mode in MODES:
+
+    rule:
+        name:
+            "finetune" + ("_variation" if mode else "")
+        input:
+            data=DATASET,
+            init=pretrain_checkpoint,
+            clip=finetune_clip_inputs,
+            code=code("finetune"),
+        output:
+            metrics=f"results/{mode}finetune/{{task}}/{{init}}/seed{{seed}}-frac{{frac}}/metrics.json",
+            predictions=f"results/{mode}finetune/{{task}}/{{init}}/seed{{seed}}-frac{{frac}}/predictions.npz",
+        wildcard_constraints:
+            task=TASK_PATTERN,
+            init=INIT_PATTERN,
+            seed=r"\d+",
+            variation=VARIATION_PATTERN,
+        params:
+            cfg=rule_params("finetune"),
+            root=dirname_of("input", "data"),
+            init=lambda wildcards, input: f"--init-checkpoint {input.init}" if input.init else "",
+            clip=lambda wildcards, input: f"--clip-checkpoint {input.clip[0]}" if input.clip else "",
+        conda:
+            "../envs/text4point.yaml"
+        log:
+            f"logs/{mode}finetune/{{task}}/{{init}}/seed{{seed}}-frac{{frac}}.log",
+        benchmark:
+            f"results/benchmarks/stages/{mode}finetune_{{task}}_{{init}}_seed{{seed}}-frac{{frac}}.tsv"
+        shell:
+            "text4point finetune --params-json {params.cfg:q} --task {wildcards.task} --init {wildcards.init} "
+            "--seed {wildcards.seed} --label-fraction {wildcards.frac} --data {params.root} {params.init} "
+            "{params.clip} --out {output.metrics} --predictions {output.predictions} --quiet > {log} 2>&1"
 
 
 rule tables:
     input:
         finetune_runs(),
+        variation_runs(),
         expand("results/metrics/pretrain/{variant}.json", variant=VARIANTS),
         code=code("tables"),
     output:
@@ -51,7 +57,8 @@ rule tables:
         "results/benchmarks/stages/tables.tsv"
     shell:
         "text4point tables --params-json {params.cfg:q} --finetune-dir results/finetune "
-        "--pretrain-dir results/metrics/pretrain --out-dir results/tables > {log} 2>&1"
+        "--pretrain-dir results/metrics/pretrain --variations-dir results/variations --out-dir results/tables "
+        "> {log} 2>&1"
 
 
 rule figures:

@@ -8,7 +8,10 @@
   bottleneck; the score map ``s = cos(ĥ3D, t) / τ`` gets an auxiliary cross-entropy against the bottleneck
   points' labels (weight ``finetune.aux_weight``); the TQM queries ``t`` with ``ĥ3D``, and
   ``h3D_aggr = α·h3D + β·FC(h3D_text)`` feeds the decoder, whose ``z3D`` feeds the head. ``FC``, TQM, the
-  second ``FC`` and α/β come from the pre-training checkpoint.
+  second ``FC`` and α/β come from the pre-training checkpoint. The paper's ablations switch parts off:
+  ``finetune.tqm`` false feeds ``h3D`` to the decoder (no TQM, no aggregation; the score map stays),
+  ``finetune.learnable_prompt`` false keeps the context at its initialisation, ``finetune.aux_weight`` 0 drops
+  the score map's loss.
 
 The task's head, its forward and its loss come from the task registry (:mod:`text4point.tasks`).
 """
@@ -56,9 +59,12 @@ class FinetuneModel(nn.Module):
             pp = pretrain_params
             d_b = backbone.bottleneck_dim
             self.fc = FCExpand(d_b, int(clip_dim))
-            self.tqm = TextQueryingModule(int(clip_dim), int(pp["tqm_heads"]))
-            self.fc_text = FCExpand(int(clip_dim), d_b)
-            self.aggregation = Aggregation(pp["alpha"], pp["beta"], bool(pp["learnable_aggregation"]))
+            if ft["tqm"]:
+                self.tqm = TextQueryingModule(int(clip_dim), int(pp["tqm_heads"]))
+                self.fc_text = FCExpand(int(clip_dim), d_b)
+                self.aggregation = Aggregation(pp["alpha"], pp["beta"], bool(pp["learnable_aggregation"]))
+            if not ft["learnable_prompt"]:
+                prompt.ctx.requires_grad_(False)
 
     def forward(self, x: Tensor, pos: Tensor, batch: Tensor) -> dict:
         encoded = self.backbone.encode(x, pos, batch)
@@ -68,8 +74,9 @@ class FinetuneModel(nn.Module):
             t = self.prompt()
             h_hat = self.fc(h)
             out["scores"] = F.normalize(h_hat, dim=1) @ t.T / self.temperature  # s = ĥ3D·tᵀ, N_b × K
-            h_text, _ = self.tqm(h_hat, t.to(h_hat.dtype))
-            h = self.aggregation(h, self.fc_text(h_text).to(h.dtype))
+            if self.tqm is not None:
+                h_text, _ = self.tqm(h_hat, t.to(h_hat.dtype))
+                h = self.aggregation(h, self.fc_text(h_text).to(h.dtype))
         z = self.backbone.decode(encoded, h)
         out.update(self.task.forward(self.head, z, encoded, pos, batch))
         return out
@@ -119,8 +126,9 @@ def build(cfg: dict, task: str, init: str, num_classes: int, init_checkpoint: di
         take = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
         load_weights(model.backbone, take, init_path)
         if init in LANGUAGE_INITS:
-            lang = {k: v for k, v in state.items() if k.startswith(LANGUAGE_PREFIXES)}
-            missing = [p for p in LANGUAGE_PREFIXES if not any(k.startswith(p) for k in lang)]
+            prefixes = LANGUAGE_PREFIXES if ft["tqm"] else LANGUAGE_PREFIXES[:1]
+            lang = {k: v for k, v in state.items() if k.startswith(prefixes)}
+            missing = [p for p in prefixes if not any(k.startswith(p) for k in lang)]
             if missing:
                 raise InputError(f"checkpoint {init_path}: has no {missing[0].rstrip('.')} weights (is it a "
                                  f"text4point pre-training checkpoint?)")
