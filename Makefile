@@ -9,7 +9,7 @@ setup:
 
 pipeline: setup
 	. .venv/bin/activate && snakemake --profile workflow/profiles/default all && \
-	  snakemake --profile workflow/profiles/default --report results/report.html
+	  bash scripts/report.sh results/report.html
 
 test: setup
 	. .venv/bin/activate && python -m pytest -q tests

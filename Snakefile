@@ -5,6 +5,19 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
+# params.yaml is read by text4point first: a file that is not YAML, or not a mapping, stops here with one line
+# (Snakemake's own message would point at this Snakefile).
+import sys
+
+from text4point.errors import InputError
+from text4point.params import read_file as _read_params
+
+try:
+    _read_params("params.yaml")
+except InputError as _e:
+    sys.exit(f"error: {_e}")
+
+
 configfile: "params.yaml"
 
 
@@ -24,4 +37,5 @@ rule all:
         TABLES,
         rules.figures.output,
         TABLE_CSVS,
+        artifacts(),
     default_target: True

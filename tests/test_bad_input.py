@@ -494,6 +494,34 @@ def _(c: Ctx) -> Bad:
                outputs)
 
 
+@fails("truncated CLIP feature file (features.npy)", "pretrain (CLI)")
+def _(c: Ctx) -> Bad:
+    feat = c.tmp / "feat"
+    shutil.copytree(c.pt["feat"], feat)
+    npy = feat / "train_0000" / "features.npy"
+    npy.write_bytes(npy.read_bytes()[: npy.stat().st_size // 2])
+    out, metrics = c.tmp / "pt" / "final.pt", c.tmp / "pt.json"
+    call = c.cli("pretrain", "--params", c.params(), "--variant", "text4point", "--data", c.world, "--corr",
+                 c.pt["corr"], "--features", feat, "--out", out, "--metrics", metrics)
+    return Bad(call, E(f"{npy}: not a readable .npy file (") + "mmap length is greater than file size"
+               + E("); rerun the stage that writes it"), (out, metrics))
+
+
+@fails("an init whose pre-training variant is not run (pretrain.variants empty)", "params (CLI)")
+def _(c: Ctx) -> Bad:
+    def mutate(cfg):
+        cfg["pretrain"]["variants"] = []
+        cfg["finetune"]["inits"] = ["scratch", "text4point"]
+        cfg.pop("variations", None)
+
+    from text4point.cli import main
+
+    p = c.params(mutate)
+    return Bad(lambda: main(["validate-params", str(p)]),
+               E(f"{p}: finetune.inits: 'text4point' starts from the text4point pre-training, but pretrain.variants "
+                 f"[] does not run it (add it there or drop the init)"))
+
+
 # ---------------------------------------------------------------- fine-tuning
 
 
@@ -865,3 +893,26 @@ def test_known_defects_are_skipped_and_counted(make, ctx):
     assert (c.out / "manifest.json").exists() or (c.out / "dataset.json").exists()
     left = [p for p in c.out.rglob("*") if p.name.endswith(".tmp")]
     assert not left, f"temporaries left behind: {left}"
+
+
+def test_a_full_disk_while_writing_a_checkpoint_is_one_line_naming_the_path(tmp_path):
+    """ENOSPC during torch.save used to end in a 28-line `RuntimeError: [enforce fail at inline_container.cc:672]
+    . unexpected pos ...`; every atomic write now names the final path and the cause, and leaves nothing."""
+    import subprocess
+
+    from text4point.checkpoints import save
+
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"a small tmpfs cannot be mounted here (needs root): {r.stderr.strip()[:120]}")
+    try:
+        target = mnt / "epochs" / "epoch_0001.pt"
+        with pytest.raises(InputError) as e:
+            save({"w": torch.zeros(200_000)}, target)
+        assert str(e.value) == f"{target}: could not be written (No space left on device); nothing was left under " \
+                               f"that name"
+        assert_not_written(target)
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)

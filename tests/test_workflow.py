@@ -77,7 +77,7 @@ def test_dry_run_shows_the_whole_dag():
 def test_a_typo_in_the_config_stops_snakemake_with_one_line():
     r = _run([sys.executable, "-m", "snakemake", "-n", "all", "--config", "seed=-2"], ROOT, check=False)
     assert r.returncode != 0
-    assert "error: params.yaml (with Snakemake overrides): seed: expected a value >= 0, got -2" in r.stderr
+    assert "error: --config: seed: expected a value >= 0, got -2" in r.stderr
 
 
 @pytest.mark.slow
@@ -124,7 +124,8 @@ def test_tiny_pipeline_under_snakemake_and_dvc(tmp_path):
     assert "Nothing to be done" in _run(SNAKEMAKE + ["-n", "all"], proj, env).stdout
 
     # --- the HTML report holds the tables and figures, and renders in headless Chromium
-    _run(SNAKEMAKE + ["--report", "report.html"], proj, env)
+    _run(["bash", "scripts/report.sh", "report.html", "--cores", "2"], proj, env)
+    assert not list(proj.glob(".report.html.*"))
     dom, shot = _open_in_chromium(proj / "report.html", tmp_path / "report.png")
     for text in ("Tables", "Figures", "semseg.csv", "ablation.csv", "training_curves.png", "Text4Point, rebuilt"):
         assert text in dom, text
@@ -223,3 +224,75 @@ def test_a_changed_module_reruns_exactly_the_jobs_that_import_it(tmp_path, tiny_
             assert changed == ["finetune@det-scratch-0-1.0", "finetune@det-text4point-0-1.0", "tables"], status
         path.write_text(original)
     assert "Nothing to be done" in _run(SNAKEMAKE + ["-n", "all"], proj, env).stdout
+
+
+def test_a_params_file_that_is_not_yaml_or_not_a_mapping_or_a_bad_overlay_key_is_one_line(tmp_path):
+    proj = project_copy(tmp_path / "proj")
+    cases = [("seed: 0\ndata: [1, 2\n", None, "error: params.yaml: not valid YAML at line 3"),
+             ("- a\n- b\n", None, "error: params.yaml: expected a mapping of parameter sections, got list")]
+    original = (proj / "params.yaml").read_text()
+    overlay = proj / "configs" / "mine.yaml"
+    overlay.parent.mkdir(exist_ok=True)
+    overlay.write_text("finetune: {steps: 0}\n")
+    cases.append((original, ["--configfile", "configs/mine.yaml"],
+                  "error: configs/mine.yaml: finetune.steps: expected a value >= 1 and <= 1000000, got 0"))
+    for text, extra, want in cases:
+        (proj / "params.yaml").write_text(text)
+        r = _run([sys.executable, "-m", "snakemake", "-n", "all"] + (extra or []), proj, check=False)
+        lines = [line for line in r.stderr.splitlines() if line.startswith("error")]
+        assert r.returncode != 0 and lines == [want], r.stderr[-2000:]
+        assert "WorkflowError" not in r.stderr and "Traceback" not in r.stderr
+
+
+# Artifacts the tables rest on, moved away one at a time from a finished workspace: each is due again.
+DAMAGE = [("results/metrics/pretrain/pointcontrast.json", "pretrain"),
+          ("results/finetune/semseg/scratch/seed0-frac1.0/predictions.npz", "finetune"),
+          ("models/pretrain/image_contrast/checkpoint.pt", "pretrain"),
+          ("data/correspondences/manifest.json", "correspondences"),
+          ("results/variations/no_tqm/finetune/semseg/text4point/seed0-frac1.0/predictions.npz",
+           "finetune_variation")]
+
+
+@pytest.mark.slow
+def test_a_missing_artifact_is_due_again_and_comes_back_identical(tmp_path, tiny_reference):
+    """`all` lists every artifact the tables rest on: a workspace with one of them missing is not "done"; put back,
+    nothing is due; removed and rerun, the job remakes it identical and the tables stay the reference's."""
+    import numpy as np
+
+    proj = tmp_path / "proj"
+    shutil.copytree(tiny_reference["proj"], proj, symlinks=True)
+    env = dict(tiny_reference["env"])
+    for rel, rule in DAMAGE:
+        path = proj / rel
+        moved = path.with_name(path.name + ".away")
+        path.rename(moved)
+        assert rule in _dry_run_jobs(proj, env), rel
+        moved.rename(path)
+        assert "Nothing to be done" in _run(SNAKEMAKE + ["-n", "all"], proj, env).stdout, rel
+    npz = proj / DAMAGE[1][0]
+    with np.load(npz) as z:
+        before = {k: z[k] for k in z.files}
+    npz.unlink()
+    _run(SNAKEMAKE + ["all"], proj, env)
+    with np.load(npz) as z:
+        assert sorted(z.files) == sorted(before) and all(np.array_equal(z[k], before[k]) for k in z.files)
+    assert_same_results(tiny_results(proj), tiny_reference["results"])
+
+
+def test_the_report_is_written_under_its_final_name_only_when_complete(tmp_path):
+    """scripts/report.sh: a report run killed while writing leaves no file under the final name."""
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "snakemake").write_text('#!/usr/bin/env bash\n# a stand-in: writes half a report, then dies like a '
+                                    'SIGKILLed process\nfor a; do last=$a; done\nprintf "<html>half" > "$last"\n'
+                                    '[ -n "$DIE" ] && kill -9 $$\nprintf "</html>" >> "$last"\n')
+    (shim / "snakemake").chmod(0o755)
+    env = dict(os.environ, PATH=f"{shim}:{os.environ['PATH']}")
+    out = tmp_path / "results" / "report.html"
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "report.sh"), str(out)], env=dict(env, DIE="1"),
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and not out.exists()
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "report.sh"), str(out)], env=env, capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and out.read_text() == "<html>half</html>"
+    assert [p.name for p in out.parent.iterdir()] == ["report.html"]  # no temporary left either

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
+from .fsutil import atomic_path
 
 EPOCH_FILE = re.compile(r"^epoch_(\d{4,})\.pt$")
 
@@ -55,6 +56,23 @@ def set_rng_state(state: dict, generator: torch.Generator | None) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
     if generator is not None and state.get("loader") is not None:
         generator.set_state(state["loader"])
+
+
+def save(obj, path: Path) -> None:
+    """``torch.save`` atomically, through a file object: the archive then has the same bytes whatever the file is
+    called (torch names the archive's records after a path it is given, and the temporary names differ), and a
+    failed write (a full disk) is an ``OSError`` that :func:`~text4point.fsutil.atomic_path` reports in one line."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            try:
+                torch.save(obj, f)
+            except RuntimeError as e:  # torch's zip writer fails again while closing after the OSError
+                cause = e.__context__
+                while cause is not None and not isinstance(cause, OSError):
+                    cause = cause.__context__
+                if cause is None:
+                    raise
+                raise cause from None
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:

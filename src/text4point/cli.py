@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(e.exit_code) from None
 
 
 if __name__ == "__main__":

@@ -291,10 +291,13 @@ def dvc_yaml(params_yaml: dict) -> str:
                           [f"{job}/predictions.npz"], [f"{job}/metrics.json"],
                           matrix={"task": "${finetune.tasks}", "init": "${finetune.inits}",
                                   "seed": "${finetune.seeds}", "frac": "${finetune.label_fractions}"}),
+        "variations": stage("finetune", "variations", _deps("finetune", [data, "results/metrics/pretrain"]),
+                            ["models/variations", "results/variations"]),
         "tables": stage("tables", "all", _deps("tables", ["results/finetune"]) + [
             f for f in code_files("figures") if f not in code_files("tables")],
             ["results/figures/finetune", ".snakemake/metadata"]),
     }
+    stages["variations"]["params"].append("variations")
     stages["tables"]["outs"].insert(0, {"results/tables": dict(metric)})
     tables = stages["tables"]["params"]
     tables += [k for k in _dvc_params("figures", params_yaml) if k not in tables]

@@ -8,8 +8,11 @@ import os
 class InputError(Exception):
     """Bad input or configuration.
 
-    The message is a single line naming the file (or key), the field and what was expected.
+    The message is a single line naming the file (or key), the field and what was expected; ``exit_code`` is the
+    CLI's exit status for it.
     """
+
+    exit_code = 2
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))

@@ -7,7 +7,10 @@ file, kills the whole pipeline (Snakemake and every job) with SIGKILL. The harne
 place and from outside, as a crash or an out-of-memory kill would, and the code never cleans up after itself.
 
 ``$TEXT4POINT_FAULT`` is ``<name>`` or ``<name>@<key>=<value>``, e.g. ``pretrain.step@epoch=2`` (the first
-step of the second epoch); every keyword given to :func:`point` can be matched.
+step of the second epoch); every keyword given to :func:`point` can be matched. With
+``$TEXT4POINT_FAULT_ACTION=sigterm`` the process instead sends itself SIGTERM there and goes on (what Slurm does
+before a preemption, at a known place); with ``wait`` it waits until the harness creates ``<marker>.go`` and then
+goes on (so the harness can break something meanwhile, e.g. stop the tracking server).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import os
 import time
 from pathlib import Path
 
-ENV, DIR_ENV = "TEXT4POINT_FAULT", "TEXT4POINT_FAULT_DIR"
+ENV, DIR_ENV, ACTION_ENV = "TEXT4POINT_FAULT", "TEXT4POINT_FAULT_DIR", "TEXT4POINT_FAULT_ACTION"
 
 
 def point(name: str, **where) -> None:
@@ -34,7 +37,15 @@ def point(name: str, **where) -> None:
     marker = Path(os.environ.get(DIR_ENV, ".")) / name
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(f"{os.getpid()} {where}\n")
-    while True:  # the harness kills the pipeline; a forgotten harness shows up as a hang, not as a clean exit
+    action = os.environ.get(ACTION_ENV)
+    if action == "sigterm":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    go = marker.with_name(marker.name + ".go")
+    # the harness kills the pipeline (or lets it go on); a forgotten harness shows up as a hang, not a clean exit
+    while not (action == "wait" and go.exists()):
         time.sleep(0.5)
 
 

@@ -2,12 +2,14 @@
 
 A killed job therefore never leaves a file or a directory under its final name that a later
 stage (or Snakemake/DVC) could take as complete; the temporaries it leaves (``.<name>.*.tmp``) are
-removed by the next writer of the same output.
+removed by the next writer of the same output. A write that fails (full disk, quota, read-only or failing device)
+is one line naming the final path and the cause, and leaves nothing under that name.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -30,6 +32,14 @@ def check_writable(path: str | os.PathLike) -> None:
            "not writable" if not os.access(parent, os.W_OK | os.X_OK) else None)
     if why:
         raise InputError(f"{path}: output path: expected a location in a writable directory, got {parent} ({why})")
+
+
+# Errors of writing (not of reading what the writer reads): a full disk, a quota, a read-only or failing device.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
+
+
+def _write_error(final: Path, e: OSError) -> InputError:
+    return InputError(f"{final}: could not be written ({e.strerror or e}); nothing was left under that name")
 
 
 def _tmp_sibling(path: Path, is_dir: bool) -> Path:
@@ -64,6 +74,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, final)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno in WRITE_ERRNOS:
+            raise _write_error(final, e) from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -85,6 +100,11 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno in WRITE_ERRNOS:
+            raise _write_error(final, e) from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -97,6 +117,21 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj: object) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_array(path: str | os.PathLike, mmap: bool = False):
+    """``np.load`` of a ``.npy`` file (memory-mapped read-only with ``mmap``); a missing, truncated or damaged file
+    is one line naming it (a truncated memmap would otherwise end in numpy's "mmap length is greater than file
+    size")."""
+    import numpy as np
+
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"{path}: not a readable .npy file ({str(e).splitlines()[0][:160]}); rerun the stage that "
+                         f"writes it") from None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

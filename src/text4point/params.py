@@ -73,16 +73,25 @@ def _allowed(err: jsonschema.ValidationError) -> str:
     return f"a value satisfying '{v}: {err.validator_value}'"
 
 
-def _one_line(err: jsonschema.ValidationError, source: str) -> str:
+class ParamsError(InputError):
+    """A params file that does not validate; ``key`` is the dotted key it names (to tell which file set it)."""
+
+    def __init__(self, message: str, key: str = ""):
+        super().__init__(message)
+        self.key = key
+
+
+def _one_line(err: jsonschema.ValidationError, source: str) -> ParamsError:
     path = list(err.absolute_path)
     if err.validator == "additionalProperties":
         extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
         key = _key(path + [extra[0]]) if extra else _key(path)
-        return f"{source}: {key}: unknown key; expected {_allowed(err)}"
+        return ParamsError(f"{source}: {key}: unknown key; expected {_allowed(err)}", key)
     if err.validator == "required":
         missing = [k for k in err.schema["required"] if k not in err.instance]
-        return f"{source}: {_key(path + missing[:1])}: missing; it is required"
-    return f"{source}: {_key(path)}: expected {_allowed(err)}, got {err.instance!r}"
+        key = _key(path + missing[:1])
+        return ParamsError(f"{source}: {key}: missing; it is required", key)
+    return ParamsError(f"{source}: {_key(path)}: expected {_allowed(err)}, got {err.instance!r}", _key(path))
 
 
 def _fill_defaults(node: dict, sch: dict, create_sections: bool = True) -> None:
@@ -114,13 +123,30 @@ def validate(cfg: dict, source: str = "params.yaml", sections_only: bool = False
     if errors:
         # The deepest, most specific error names the offending key best; report the first one.
         deepest = max(errors, key=lambda e: len(list(e.absolute_path)))
-        raise InputError(_one_line(deepest, source))
+        raise _one_line(deepest, source)
     _fill_defaults(cfg, sch, create_sections=not sections_only)
+    if not sections_only:
+        _check_jobs(cfg, source)
     for name, v in (cfg.get("variations") or {}).items():
         _fill_defaults(v, sch["properties"]["variations"]["additionalProperties"])
         if not sections_only:
             variation(cfg, name, source)  # every variation must give valid params
     return cfg
+
+
+def _check_jobs(cfg: dict, source: str) -> None:
+    """Params that contradict each other: an initialisation whose pre-training variant is not run."""
+    from .names import SCRATCH
+
+    variants = cfg["pretrain"]["variants"]
+    lists = [("finetune.inits", cfg["finetune"]["inits"])]
+    lists += [(f"variations.{n}.inits", v.get("inits") or []) for n, v in (cfg.get("variations") or {}).items()]
+    for key, inits in lists:
+        for init in inits:
+            if init != SCRATCH and init not in variants:
+                raise ParamsError(f"{source}: {key}: {init!r} starts from the {init} pre-training, but "
+                                  f"pretrain.variants {variants} does not run it (add it there or drop the init)",
+                                  key)
 
 
 # keys a variation may not change: the dataset, and the lists that only say which jobs exist
@@ -177,7 +203,9 @@ def variation(cfg: dict, name: str, source: str = "params.yaml") -> dict:
     return out
 
 
-def load(path: str | os.PathLike = "params.yaml") -> dict:
+def read_file(path: str | os.PathLike) -> dict:
+    """A params file as written (not validated): a mapping, or a one-line error (missing, not YAML, not a
+    mapping)."""
     p = Path(path)
     try:
         raw = yaml.safe_load(p.read_text())
@@ -187,7 +215,14 @@ def load(path: str | os.PathLike = "params.yaml") -> dict:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise InputError(f"{p}: not valid YAML{where}") from None
-    return validate(raw or {}, str(p))
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise InputError(f"{p}: expected a mapping of parameter sections, got {type(raw).__name__}")
+    return raw
+
+
+def load(path: str | os.PathLike = "params.yaml") -> dict:
+    return validate(read_file(path), str(path))
 
 
 def from_json(text: str) -> dict:

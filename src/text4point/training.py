@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -41,6 +43,13 @@ from .errors import InputError
 
 class TrainingDiverged(InputError):
     """A non-finite loss stopped training (one line: the job, the step and the loss values)."""
+
+
+class Interrupted(InputError):
+    """SIGTERM (what Slurm sends before a preemption or at the time limit) stopped training after a step; the CLI
+    exits with 143 (128 + SIGTERM) and a rerun resumes from the newest epoch checkpoint."""
+
+    exit_code = 143
 
 
 def warmup_cosine(base_lr: float, total_steps: int, warmup_steps: int = 0) -> Callable[[int], float]:
@@ -156,9 +165,11 @@ class EpochSampler(DistributedSampler):
 
 def _worker_init(worker_id: int) -> None:
     # Items draw from their own (seed, epoch, index) generators; seed the global ones anyway, and keep workers
-    # to one intra-op thread each (they only slice arrays).
+    # to one intra-op thread each (they only slice arrays). A SIGTERM to the whole process group is the main
+    # process's to handle (it stops after the step); the workers end with it.
     import random
 
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     seed = torch.initial_seed() % 2 ** 32
     random.seed(seed)
     np.random.seed(seed)
@@ -272,7 +283,25 @@ class Trainer:
 
     # ------------------------------------------------------------ the loop
 
+    @staticmethod
+    def _on_sigterm(flag: dict):
+        def handler(signum, frame):
+            flag["signal"] = signum
+        return handler
+
     def fit(self) -> "Trainer":
+        """Train to ``job.steps``; a SIGTERM stops it after the current step with :class:`Interrupted`."""
+        flag: dict = {"signal": None}
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, self._on_sigterm(flag))
+        try:
+            return self._fit(flag)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+    def _fit(self, flag: dict) -> "Trainer":
         from tqdm import tqdm
 
         job = self.job
@@ -288,6 +317,13 @@ class Trainer:
                     break
                 self._step(batch, params, epoch)
                 bar.update(1)
+                if flag["signal"] is not None:
+                    self._flush(epoch)
+                    bar.close()
+                    done = self.global_step - epoch * job.steps_per_epoch
+                    raise Interrupted(f"{job.name}: SIGTERM: stopped after step {self.global_step} ({done} of "
+                                      f"{job.steps_per_epoch} steps of epoch {epoch + 1}); the epoch is abandoned, "
+                                      f"a rerun resumes from the newest epoch checkpoint")
             self._flush(epoch)
             self.dist.sync_buffers(self.model)
             rows = self.history[first:]
@@ -350,5 +386,5 @@ class Trainer:
             tracking.log_batch(rows)
 
 
-__all__ = ["Dist", "EpochSampler", "Hook", "TrainJob", "Trainer", "TrainingDiverged", "make_loader",
+__all__ = ["Dist", "EpochSampler", "Hook", "Interrupted", "TrainJob", "Trainer", "TrainingDiverged", "make_loader",
            "make_optimizer", "warmup_cosine"]

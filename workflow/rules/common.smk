@@ -10,11 +10,33 @@ from text4point.params import validate as _validate_params, variation as _variat
 from text4point.runs import FINETUNE_PATTERN
 from text4point.tables import table_names
 
-# One-line message naming the key and what is allowed; no traceback for a typo in params.yaml.
+def _origin(key):
+    """The file (or --config) that set ``key`` (dotted), for the one-line message of a bad value."""
+    import yaml
+
+    def has(d):
+        for part in key.split("."):
+            if not isinstance(d, dict) or part not in d:
+                return False
+            d = d[part]
+        return True
+
+    if has(dict(workflow.config_settings.config)):
+        return "--config"
+    for f in reversed(list(workflow.config_settings.configfiles)):
+        if has(yaml.safe_load(open(f)) or {}):
+            rel = os.path.relpath(f)
+            return str(f) if rel.startswith("..") else rel
+    return "params.yaml"
+
+
+# One-line message naming the file, the key and what is allowed; no traceback for a typo in params.yaml.
 try:
-    config.update(_validate_params(config, source="params.yaml (with Snakemake overrides)"))
+    config.update(_validate_params(config, source="params.yaml"))
 except InputError as _e:
-    sys.exit(f"error: {_e}")
+    _key = getattr(_e, "key", "")
+    _where = _origin(_key) if _key else "params.yaml"
+    sys.exit(f"error: {_where}: {str(_e).split(': ', 1)[1]}" if _where != "params.yaml" else f"error: {_e}")
 
 # Variations (params.yaml `variations`): each reruns, under variations/<name>/, the jobs its overrides change.
 VARIATIONS = {name: _variation(config, name) for name in config["variations"]}
@@ -91,6 +113,34 @@ def variation_runs():
         fracs = v["label_fractions"] or config["finetune"]["label_fractions"]
         out += expand(f"results/variations/{name}/finetune/{FINETUNE_PATTERN}/metrics.json", task=v["tasks"],
                       init=v["inits"], seed=config["finetune"]["seeds"], frac=fracs)
+    return out
+
+
+def artifacts():
+    """Every file the tables rest on, so that `snakemake all` notices one that is missing (moved away, or lost to
+    a killed forced rerun) and remakes it: each stage's outputs and metrics, every fine-tuning job's predictions,
+    and the variations' own upstream outputs."""
+    out = [DATASET, "results/metrics/data.json", "data/correspondences/manifest.json",
+           "results/metrics/correspondences.json", f"{features_dir('')}/manifest.json",
+           "results/metrics/clip_features.json"]
+    if config["clip"]["pretrained"] == "bootstrap":
+        out += ["models/clip/bootstrap.pt", "results/metrics/clip_bootstrap.json"]
+    out += expand("models/pretrain/{variant}/checkpoint.pt", variant=VARIANTS)
+    out += expand("results/metrics/pretrain/{variant}.json", variant=VARIANTS)
+    runs = finetune_runs() + variation_runs()
+    out += runs + [r.replace("metrics.json", "predictions.npz") for r in runs]
+    for name, rules in VARIED.items():
+        mode = f"variations/{name}/"
+        if "clip_bootstrap" in rules and VARIATIONS[name]["clip"]["pretrained"] == "bootstrap":
+            out += [f"models/{mode}clip/bootstrap.pt", f"results/{mode}metrics/clip_bootstrap.json"]
+        if "correspondences" in rules:
+            out += [f"data/{mode}correspondences/manifest.json", f"results/{mode}metrics/correspondences.json"]
+        if "clip_features" in rules:
+            out += [f"{features_dir(mode)}/manifest.json", f"results/{mode}metrics/clip_features.json"]
+        if "pretrain" in rules:
+            used = {i for i in config["variations"][name]["inits"] if i != SCRATCH}
+            out += [f"models/{mode}pretrain/{v}/checkpoint.pt" for v in sorted(used)]
+            out += [f"results/{mode}metrics/pretrain/{v}.json" for v in sorted(used)]
     return out
 
 

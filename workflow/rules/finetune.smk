@@ -38,6 +38,12 @@ for mode in MODES:
             "{params.clip} --out {output.metrics} --predictions {output.predictions} --quiet > {log} 2>&1"
 
 
+rule variations:
+    """Every variation's fine-tuning jobs (and the upstream jobs they need): the DVC stage `variations` runs it."""
+    input:
+        variation_runs(),
+
+
 rule tables:
     input:
         finetune_runs(),

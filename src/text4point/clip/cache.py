@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..fsutil import read_array
 from .load import same_weights
 
 TEXT_FILE = "text_embeddings.pt"
@@ -45,11 +46,11 @@ class FeatureCache:
         return json.loads((self.root / scene_id / "grid.json").read_text())
 
     def frames(self, scene_id: str) -> np.ndarray:
-        return np.load(self.root / scene_id / "frames.npy")
+        return read_array(self.root / scene_id / "frames.npy")
 
     def features(self, scene_id: str) -> np.ndarray:
-        """``[F, gh, gw, d]`` float16, memory-mapped (read-only)."""
-        return np.load(self.root / scene_id / "features.npy", mmap_mode="r")
+        """``[F, gh, gw, d]`` float16, memory-mapped (read-only); a truncated file is one line naming it."""
+        return read_array(self.root / scene_id / "features.npy", mmap=True)
 
     def text(self) -> dict:
         return load_text_embeddings(self.root, self.identity)

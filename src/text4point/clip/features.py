@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from .. import faults
+from ..checkpoints import save
 from ..fsutil import atomic_path, write_json
 from ..labels import LABEL_SETS
 from ..scene import Dataset, FrameDefect, Scene
@@ -219,8 +220,7 @@ def run_stage(cfg: dict, data_root: Path, out_dir: Path, device, progress: bool 
     text = {"identity": handle.identity}
     for name in TEXT_LABEL_SETS:
         text[name] = label_set_text(handle, LABEL_SETS[name].classes, clip_cfg["prompt"], clip_cfg["templates"])
-    with atomic_path(out_dir / TEXT_FILE) as tmp:
-        torch.save(text, tmp)
+    save(text, out_dir / TEXT_FILE)
 
     for sid, entry in result["scenes"].items():
         entry["split"] = split_of[sid]

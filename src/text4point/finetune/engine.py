@@ -166,14 +166,14 @@ def _run(job: FinetuneJob, dev) -> dict:
               "correspondences": {"voxel_size": voxel}, "task": task, "init": init, "train_seed": seed,
               "label_fraction": fraction}
     phash = P.params_hash(logged)
-    tags = {"task": task, "init": init, "seed": seed, "label_fraction": fraction, "params_hash": phash,
-            "dataset": ds.meta.get("source", "?")}
+    key = {"task": task, "init": init, "seed": seed, "label_fraction": fraction, "params_hash": phash}
+    tags = {"dataset": ds.meta.get("source", "?")}
     train_job = TrainJob(name=f"finetune {task}/{init} seed {seed} frac {fraction}", stage="finetune", steps=total,
                          steps_per_epoch=steps_per_pass, schedule=warmup_cosine(ft["lr"], total),
                          grad_clip=float(ft["grad_clip"]), log_every=max(1, total // 20), progress=job.progress,
                          tags={"task": task, "init": init})
     with tracking.run("finetune", logged, tags=tags, experiment_prefix=cfg["tracking"]["experiment_prefix"],
-                      run_name=f"{task}-{init}-seed{seed}-frac{fraction}", enabled=job.track) as active:
+                      run_name=f"{task}-{init}-seed{seed}-frac{fraction}", enabled=job.track, key=key) as active:
         model.train()
         trainer = Trainer(train_job, model, optimizer, forward, batches, dev).fit()
         t_train = time.perf_counter() - t0

@@ -48,6 +48,7 @@ from ..clip.cache import FeatureCache
 from ..clip.dense import features_at_pixels, pixel_to_cell
 from ..corrfiles import check_matches_scene, load_manifest
 from ..errors import InputError
+from ..fsutil import read_array
 from ..names import IMAGE_VARIANTS, PAIR_VARIANTS, VARIANTS
 from ..scene import Dataset
 
@@ -56,12 +57,12 @@ IMAGE_KEY_STRIDE = 1 << 20  # image key = scene index * stride + frame row (fram
 
 def _load_small(scene_dir: Path) -> dict[str, np.ndarray]:
     """The per-scene index arrays (read fully: a few KB)."""
-    return {name: np.load(scene_dir / f"{name}.npy") for name in ("frames", "point_offsets", "pairs",
-                                                                  "match_offsets")}
+    return {name: read_array(scene_dir / f"{name}.npy") for name in ("frames", "point_offsets", "pairs",
+                                                                      "match_offsets")}
 
 
 def _open_big(scene_dir: Path) -> dict[str, np.ndarray]:
-    return {name: np.load(scene_dir / f"{name}.npy", mmap_mode="r") for name in ("points", "colors", "matches")}
+    return {name: read_array(scene_dir / f"{name}.npy", mmap=True) for name in ("points", "colors", "matches")}
 
 
 class _Lazy:
@@ -173,7 +174,12 @@ class FrameDataset(_Base):
             s = self.small[si]
             grid = features.grid(sid)
             self.grids.append(grid)
-            rows = {int(fid): r for r, fid in enumerate(features.frames(sid).tolist())}
+            feature_frames = features.frames(sid)
+            fmap = features.features(sid)  # opened here, in the main process: a damaged file is one line
+            if fmap.ndim != 4 or len(fmap) != len(feature_frames):
+                raise InputError(f"{features.root / sid / 'features.npy'}: expected {len(feature_frames)} frames of "
+                                 f"features [frames, gh, gw, d] (frames.npy), got shape {list(fmap.shape)}")
+            rows = {int(fid): r for r, fid in enumerate(feature_frames.tolist())}
             frame_rows = np.array([rows.get(int(fid), -1) for fid in s["frames"]], np.int64)
             self.feature_rows.append(frame_rows)
             pairs, mo, po = s["pairs"], s["match_offsets"], s["point_offsets"]
@@ -201,8 +207,8 @@ class FrameDataset(_Base):
     def _features(self, si: int) -> np.ndarray:
         got = self._lazy._feat.get(si)
         if got is None:
-            got = self._lazy._feat[si] = np.load(self.features_root / self.scene_ids[si] / "features.npy",
-                                                 mmap_mode="r")
+            got = self._lazy._feat[si] = read_array(self.features_root / self.scene_ids[si] / "features.npy",
+                                                    mmap=True)
         return got
 
     def __len__(self) -> int:

@@ -42,10 +42,10 @@ import torch
 
 from .. import params as P
 from .. import tracking
-from ..checkpoints import latest_checkpoint, load_checkpoint, weights_sha256
+from ..checkpoints import latest_checkpoint, load_checkpoint, save, weights_sha256
 from ..clip.cache import load_features
 from ..errors import InputError
-from ..fsutil import atomic_path, sha256_file
+from ..fsutil import sha256_file
 from ..models import build_backbone
 from ..names import IMAGE_VARIANTS, VARIANTS
 from ..runtime import cpu_threads, resolve_device, seed_everything
@@ -212,8 +212,7 @@ class _EpochCheckpoints(Hook):
     def after_epoch(self, trainer: Trainer, row: dict) -> None:
         if trainer.dist.main:
             state = {"format": EPOCH_FORMAT, **trainer.state_dict(), **self.identity}
-            with atomic_path(self.directory / f"epoch_{trainer.epoch:04d}.pt") as tmp:
-                torch.save(state, tmp)
+            save(state, self.directory / f"epoch_{trainer.epoch:04d}.pt")
         trainer.dist.barrier()
 
 
@@ -279,22 +278,23 @@ def _run(job: PretrainJob, dist: Dist, t_start: float) -> dict:
                          progress=job.progress, tags={"variant": variant})
     trainer = Trainer(train_job, model, optimizer, forward, batches, dev, dist,
                       hooks=[_EpochCheckpoints(job.checkpoint_dir, identity_meta)], generator=generator)
-    resumed_from = None
+    resumed_from, run_id = None, None
     last = latest_checkpoint(job.checkpoint_dir)
     if last is not None:
         ck = load_checkpoint(last)
         check_compatible(last, ck, variant, backbone, identity, train_params)
         trainer.load_state_dict(ck, last)
-        resumed_from = str(last)
+        resumed_from, run_id = str(last), ck.get("mlflow_run_id")
         del ck
 
-    tags = {"variant": variant, "backbone": pc["backbone"], "clip_identity": _describe_clip(identity),
-            "params_hash": phash, "world_size": dist.world}
+    tags = {"backbone": pc["backbone"], "clip_identity": _describe_clip(identity), "world_size": dist.world}
     if resumed_from:
         tags["resumed_from"] = resumed_from
     track = job.track and dist.main
     with tracking.run("pretrain", logged_params, tags=tags, experiment_prefix=cfg["tracking"]["experiment_prefix"],
-                      run_name=f"pretrain-{variant}", enabled=track):
+                      run_name=f"pretrain-{variant}", enabled=track, run_id=run_id,
+                      key={"variant": variant, "params_hash": phash}) as active:
+        identity_meta["mlflow_run_id"] = active.info.run_id if active is not None else None
         if dist.main:
             job.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         t_train = time.perf_counter()
@@ -320,8 +320,7 @@ def _run(job: PretrainJob, dist: Dist, t_start: float) -> dict:
             metrics["points_seen"] = int(points_seen * dist.world)
             metrics["points_per_second"] = round(points_seen * dist.world / t_train, 1) if t_train > 0 else 0.0
         if dist.main:
-            with atomic_path(job.out_checkpoint) as tmp:
-                torch.save({"model": sd, "meta": meta}, tmp)
+            save({"model": sd, "meta": meta}, job.out_checkpoint)
             if job.zeroshot_eval and text is not None:
                 metrics.update(_zeroshot(cfg, variant, model, clip_dim, text, job.data_root, job.corr_dir, ds, dev,
                                          features))
