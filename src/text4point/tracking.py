@@ -11,7 +11,8 @@ run is active (a job run with ``track=False``, or a rank other than 0).
 Faults: MLflow's HTTP retries are bounded (:data:`HTTP_DEFAULTS`, unless the environment sets them), and a server
 lost during a run stops the job with one line naming the URI and what was not logged (:class:`TrackingLost`);
 the stage's files are written atomically, so they are complete or absent. Two jobs creating one experiment at once
-both land in it (:func:`experiment_id`; a SQLite store is also locked while a run starts, see :func:`_store_lock`). A job that resumes (pre-training from an epoch checkpoint) continues its
+both land in it (:func:`experiment_id`; a SQLite store is also locked while a run starts,
+:func:`_store_lock`). A job that resumes (pre-training from an epoch checkpoint) continues its
 MLflow run (``run_id``), so ``mlflow ui`` shows one curve per job; a new run of a job whose earlier attempt was
 killed marks that attempt KILLED (tag ``superseded_by``).
 """
