@@ -296,3 +296,55 @@ def test_the_report_is_written_under_its_final_name_only_when_complete(tmp_path)
                        text=True)
     assert r.returncode == 0 and out.read_text() == "<html>half</html>"
     assert [p.name for p in out.parent.iterdir()] == ["report.html"]  # no temporary left either
+
+
+def _s3dis_room_points(seed: int, box: tuple, n: int = 400):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    lo, hi = np.array(box[:3]), np.array(box[3:])
+    xyz = np.round(lo + rng.random((n, 3)) * (hi - lo), 3)
+    return np.concatenate([xyz, rng.integers(0, 256, (n, 3))], axis=1)
+
+
+@pytest.mark.slow
+def test_pretrain_on_the_world_and_finetune_on_s3dis_to_the_tables(tmp_path):
+    """PointContrast's and CSC's transfer protocol: data.pretrain_source world (frames, the CLIP bootstrap, the
+    pre-training), data.source s3dis (spec-written rooms: fine-tuning, evaluation, the tables with S3DIS's 13
+    classes and text embeddings)."""
+    import spec_files as spec
+
+    rel = tmp_path / "s3dis"
+    for area, room, seed in ((1, "office_1", 0), (1, "office_2", 1), (5, "office_3", 2)):
+        spec.write_s3dis_room(rel, area, room, [
+            ("floor", 1, _s3dis_room_points(seed, (0, 0, 0, 4, 4, 0.02))),
+            ("wall", 1, _s3dis_room_points(seed + 10, (0, 0, 0, 0.05, 4, 2.5))),
+            ("chair", 1, _s3dis_room_points(seed + 20, (1, 1, 0, 1.5, 1.5, 0.9))),
+            ("table", 1, _s3dis_room_points(seed + 30, (2, 2, 0, 3, 3, 0.75)))])
+    proj = project_copy(tmp_path / "proj")
+    (proj / "configs").mkdir(exist_ok=True)
+    (proj / "configs" / "transfer.yaml").write_text(
+        f"data:\n  source: s3dis\n  pretrain_source: world\n  s3dis: {{path: {rel}, val_area: 5}}\n"
+        f"finetune:\n  tasks: [semseg]\n  inits: [scratch, text4point]\n")
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", DVC_NO_ANALYTICS="1")
+    jobs = _run(SNAKEMAKE + ["-n", "all", "--configfile", "configs/transfer.yaml"], proj, env).stdout
+    assert "pretrain_data" in jobs and "rule data:" in jobs
+    _run(SNAKEMAKE + ["all", "--configfile", "configs/transfer.yaml"], proj, env)
+    assert json.loads((proj / "data/s3dis/dataset.json").read_text())["label_set"]["name"] == "s3dis13"
+    assert (proj / "data/world/dataset.json").exists() and (proj / "results/metrics/data_pretrain.json").exists()
+    job = json.loads((proj / "results/finetune/semseg/text4point/seed0-frac1.0/metrics.json").read_text())
+    assert job["dataset"] == "s3dis13" and len(job["per_class"]) == 13
+    pre = json.loads((proj / "results/metrics/pretrain/text4point.json").read_text())
+    assert pre["zeroshot_scenes"] >= 1  # evaluated on the world's val split, the pre-training dataset
+    assert "Dataset: s3dis13" in (proj / "results/tables/semseg.md").read_text()
+
+
+def test_pretraining_on_a_dataset_without_frames_is_one_line(tmp_path):
+    proj = project_copy(tmp_path / "proj")
+    (proj / "params.yaml").write_text((proj / "params.yaml").read_text().replace(
+        "  source: world", "  source: s3dis"))
+    r = _run([sys.executable, "-m", "snakemake", "-n", "all"], proj, check=False)
+    lines = [line for line in r.stderr.splitlines() if line.startswith("error")]
+    assert lines == ["error: params.yaml: data.source: s3dis has no RGB-D frames to pre-train on; set "
+                     "data.pretrain_source to one of ['world', 'scannet', 'sunrgbd'] (fine-tuning and evaluation "
+                     "stay on data.source) or pretrain.variants to []"], r.stderr[-2000:]

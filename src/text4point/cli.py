@@ -57,7 +57,7 @@ def _finish(stage: str, cfg: dict, sections: tuple[str, ...], metrics: dict, met
 def cmd_data(args) -> None:
     cfg = _start(args)
     data = cfg["data"]
-    source = data["source"]
+    source = args.source or data["source"]
     out = Path(args.out)
     t0 = time.perf_counter()
     if source == "world":
@@ -222,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", required=True, help="metrics JSON to write")
     p.add_argument("--scene-stats", help="per-scene statistics CSV to write (the world's plot data)")
     p.add_argument("--downloads", default="data/downloads", help="where archives are downloaded/extracted")
+    p.add_argument("--source", help="the dataset to write (default: data.source; the pipeline passes "
+                                    "data.pretrain_source for the pre-training dataset)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_data)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 PACKAGE = "text4point"
 SRC = Path(__file__).resolve().parent          # src/text4point
 ROOT = SRC.parents[1]                           # the repository
-COMMANDS = {"data": "data", "show": "show", "clip_bootstrap": "clip-bootstrap", "correspondences": "correspondences",
+COMMANDS = {"data": "data", "pretrain_data": "data", "show": "show", "clip_bootstrap": "clip-bootstrap", "correspondences": "correspondences",
             "clip_features": "clip-features", "pretrain": "pretrain", "finetune": "finetune", "tables": "tables",
             "figures": "figures"}
 DYNAMIC = {f"{PACKAGE}.tasks"}                  # packages that import every submodule by name
@@ -42,6 +42,7 @@ def rule_params(rule: str) -> list[str]:
     """The params sections and dotted keys rule ``rule`` passes its command."""
     fixed = {
         "data": ["seed", "data", "tracking"],
+        "pretrain_data": ["seed", "data", "tracking"],
         "show": ["show"],
         "clip_bootstrap": ["seed", "clip.model", "clip.pretrained", "clip.templates", "clip.bootstrap", "tracking"],
         "correspondences": ["seed", "correspondences", "tracking"],
@@ -58,7 +59,12 @@ def rule_params(rule: str) -> list[str]:
 
 
 def job_params(cfg: dict, rule: str) -> dict:
-    """The params a job of ``rule`` reads, picked from the validated ``cfg`` (what ``--params-json`` holds)."""
+    """The params a job of ``rule`` reads, picked from the validated ``cfg`` (what ``--params-json`` holds). A
+    ``data`` job reads the section of its own dataset (``pretrain_data``: of ``data.pretrain_source``)."""
+    if rule in ("data", "pretrain_data"):
+        d = cfg["data"]
+        source = d["source"] if rule == "data" else (d["pretrain_source"] or d["source"])
+        return {"seed": cfg["seed"], "data": {"source": source, source: d[source]}, "tracking": cfg["tracking"]}
     picked: dict = {}
     for name in rule_params(rule):
         *parents, leaf = name.split(".")
@@ -203,7 +209,7 @@ def code_files(rule: str, task: str | None = None) -> list[str]:
 # ---------------------------------------------------------------- dvc.yaml
 
 
-RULE_FILES = {"data": "data", "show": "data", "clip_bootstrap": "clip", "correspondences": "clip",
+RULE_FILES = {"data": "data", "pretrain_data": "data", "show": "data", "clip_bootstrap": "clip", "correspondences": "clip",
               "clip_features": "clip", "pretrain": "pretrain", "finetune": "finetune", "tables": "finetune",
               "figures": "finetune"}
 SNAKEMAKE = "snakemake --profile workflow/profiles/default"

@@ -32,6 +32,7 @@ IMAGE_VARIANTS = ("text4point", "image_contrast")  # trained against CLIP's dens
 PAIR_VARIANTS = ("pointcontrast",)                 # trained on pairs of overlapping frames
 VARIANTS = IMAGE_VARIANTS + PAIR_VARIANTS
 SCRATCH = "scratch"
+FRAME_SOURCES = ("world", "scannet", "sunrgbd")  # datasets with RGB-D frames (S3DIS has none): pre-training's
 INITS = (SCRATCH,) + VARIANTS
 LANGUAGE_INITS = ("text4point",)  # fine-tuned with the learnable prompt, the score map and the TQM
 

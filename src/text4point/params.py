@@ -135,8 +135,17 @@ def validate(cfg: dict, source: str = "params.yaml", sections_only: bool = False
 
 
 def _check_jobs(cfg: dict, source: str) -> None:
-    """Params that contradict each other: an initialisation whose pre-training variant is not run."""
-    from .names import SCRATCH
+    """Params that contradict each other: an initialisation whose pre-training variant is not run, pre-training on
+    a dataset without RGB-D frames."""
+    from .names import FRAME_SOURCES, SCRATCH
+
+    data = cfg["data"]
+    pre = data["pretrain_source"] or data["source"]
+    if cfg["pretrain"]["variants"] and pre not in FRAME_SOURCES:
+        key = "data.pretrain_source" if data["pretrain_source"] else "data.source"
+        raise ParamsError(f"{source}: {key}: {pre} has no RGB-D frames to pre-train on; set data.pretrain_source to "
+                          f"one of {list(FRAME_SOURCES)} (fine-tuning and evaluation stay on data.source) or "
+                          f"pretrain.variants to []", key)
 
     variants = cfg["pretrain"]["variants"]
     lists = [("finetune.inits", cfg["finetune"]["inits"])]

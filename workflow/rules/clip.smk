@@ -8,7 +8,7 @@ for mode in MODES:
         name:
             "clip_bootstrap" + ("_variation" if mode else "")
         input:
-            data=DATASET,
+            data=PRETRAIN_DATASET,
             code=code("clip_bootstrap"),
         output:
             model=f"models/{mode}clip/bootstrap.pt",
@@ -32,7 +32,7 @@ for mode in MODES:
         name:
             "correspondences" + ("_variation" if mode else "")
         input:
-            data=DATASET,
+            data=PRETRAIN_DATASET,
             code=code("correspondences"),
         output:
             manifest=f"data/{mode}correspondences/manifest.json",
@@ -57,7 +57,7 @@ for mode in MODES:
         name:
             "clip_features" + ("_variation" if mode else "")
         input:
-            data=DATASET,
+            data=PRETRAIN_DATASET,
             model=bootstrap_input,
             code=code("clip_features"),
         output:

@@ -77,10 +77,13 @@ INIT_PATTERN = "|".join(INITS)
 VARIANT_PATTERN = "|".join(VARIANT_NAMES)
 VARIATION_PATTERN = "|".join(map(re.escape, VARIATIONS)) or "(?!)"  # (?!) matches nothing
 
-DATA = f"data/{config['data']['source']}"
-# Rules depend on the dataset through its small manifest, written last by the data stage: Snakemake
-# checksums small inputs, so a `dvc pull`/`dvc checkout` that only renews mtimes reruns nothing.
-DATASET = f"{DATA}/dataset.json"
+SOURCE = config["data"]["source"]
+PRETRAIN_SOURCE = config["data"]["pretrain_source"] or SOURCE
+# Rules depend on a dataset through its small manifest, written last by the data stage: Snakemake checksums small
+# inputs, so a `dvc pull`/`dvc checkout` that only renews mtimes reruns nothing. Fine-tuning and evaluation read
+# DATASET (data.source); the CLIP bootstrap, correspondences, features and pre-training read PRETRAIN_DATASET.
+DATASET = f"data/{SOURCE}/dataset.json"
+PRETRAIN_DATASET = f"data/{PRETRAIN_SOURCE}/dataset.json"
 CLIP_ID = config["clip"]["model"]
 VARIANTS = config["pretrain"]["variants"]
 TABLES = expand("results/tables/{name}.md", name=table_names(config))
@@ -120,7 +123,7 @@ def artifacts():
     """Every file the tables rest on, so that `snakemake all` notices one that is missing (moved away, or lost to
     a killed forced rerun) and remakes it: each stage's outputs and metrics, every fine-tuning job's predictions,
     and the variations' own upstream outputs."""
-    out = [DATASET, "results/metrics/data.json", "data/correspondences/manifest.json",
+    out = [DATASET, "results/metrics/data.json", PRETRAIN_DATASET, "data/correspondences/manifest.json",
            "results/metrics/correspondences.json", f"{features_dir('')}/manifest.json",
            "results/metrics/clip_features.json"]
     if config["clip"]["pretrained"] == "bootstrap":

@@ -9,7 +9,7 @@ for mode in MODES:
         name:
             "pretrain" + ("_variation" if mode else "")
         input:
-            data=DATASET,
+            data=PRETRAIN_DATASET,
             corr=correspondences_input,
             features=features_input,
             model=bootstrap_input,
