@@ -321,6 +321,7 @@ def _(c: Ctx) -> Bad:
 
     def mutate(cfg):
         cfg["data"]["source"] = "s3dis"
+        cfg["data"]["pretrain_source"] = "world"     # S3DIS has no RGB-D frames
         cfg["data"]["s3dis"]["path"] = str(rel)
 
     call, (out, metrics) = c.data(c.params(mutate))
@@ -635,6 +636,7 @@ def _(c: Ctx) -> Bad:
 
     def mutate(cfg):
         cfg["finetune"].update(tasks=["semseg"], inits=["scratch"], seeds=[0], label_fractions=[1.0])
+        cfg["variations"] = {}
 
     call = c.cli("figures", "--params", c.params(mutate), "--data", c.world, "--finetune-dir", ft_dir, "--out-dir",
                  out, "--scenes", "1")

@@ -113,7 +113,7 @@ def test_data_stage_imports_a_scannet_release(tmp_path):
 
 def test_nothing_configured_for_real_data_is_one_line(tmp_path):
     params = yaml.safe_load(TINY.read_text())
-    params["data"] = {"source": "s3dis"}
+    params["data"] = {"source": "s3dis", "pretrain_source": "world"}
     p = tmp_path / "params.yaml"
     p.write_text(yaml.safe_dump(params))
     r = cli("data", "--params", p, "--out", tmp_path / "s3dis", "--metrics", tmp_path / "m.json",

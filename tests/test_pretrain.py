@@ -291,13 +291,14 @@ def test_zeroshot_evaluate_tiny_world(pt_inputs):
     batch, text = _batch(pt_inputs, "image_contrast")
     model = _model(pt_inputs["cfg"], "image_contrast", text)
     val = Dataset(pt_inputs["world"]).split("val")
-    r = zeroshot.evaluate(model, pt_inputs["world"], val, text, 0.1, "cpu")
+    channels = tuple(pt_inputs["cfg"]["pretrain"]["channels"])
+    r = zeroshot.evaluate(model, pt_inputs["world"], val, text, 0.1, "cpu", channels)
     assert 0.0 <= r["miou"] <= 1.0 and 0.0 <= r["accuracy"] <= 1.0 and r["points"] > 0
     # the same numbers by hand from the per-point predictions
     preds, gts = [], []
     for sid in val:
         cloud = Dataset(pt_inputs["world"]).scene(sid).points()
-        preds.append(zeroshot.predict_points(model.eval(), cloud["xyz"], cloud["rgb"], text, 0.1, "cpu"))
+        preds.append(zeroshot.predict_points(model.eval(), cloud["xyz"], cloud["rgb"], text, 0.1, "cpu", channels))
         gts.append(cloud["semantic"].astype(np.int64))
     pred, gt = np.concatenate(preds), np.concatenate(gts)
     keep = gt != 255

@@ -72,17 +72,8 @@ from tqdm import tqdm
 from .corrfiles import FORMAT, write_scene_correspondences
 from .errors import bad
 from .fsutil import write_json
-from .geometry import (
-    GRID_HALF,
-    affine,
-    as_matrix,
-    backproject,
-    in_grid,
-    project,
-    project_with,
-    projection_matrix,
-    voxelize,
-)
+from .geometry import (GRID_HALF, affine, as_matrix, backproject, in_grid, project, project_with, projection_matrix,
+                       voxelize)
 from .runtime import cpu_threads, resolve_device
 from .scene import Dataset, FrameDefect, Scene
 

@@ -21,7 +21,8 @@ from pathlib import Path
 PACKAGE = "text4point"
 SRC = Path(__file__).resolve().parent          # src/text4point
 ROOT = SRC.parents[1]                           # the repository
-COMMANDS = {"data": "data", "pretrain_data": "data", "show": "show", "clip_bootstrap": "clip-bootstrap", "correspondences": "correspondences",
+COMMANDS = {"data": "data", "pretrain_data": "data", "show": "show", "clip_bootstrap": "clip-bootstrap",
+            "correspondences": "correspondences",
             "clip_features": "clip-features", "pretrain": "pretrain", "finetune": "finetune", "tables": "tables",
             "figures": "figures"}
 DYNAMIC = {f"{PACKAGE}.tasks"}                  # packages that import every submodule by name
@@ -209,7 +210,8 @@ def code_files(rule: str, task: str | None = None) -> list[str]:
 # ---------------------------------------------------------------- dvc.yaml
 
 
-RULE_FILES = {"data": "data", "pretrain_data": "data", "show": "data", "clip_bootstrap": "clip", "correspondences": "clip",
+RULE_FILES = {"data": "data", "pretrain_data": "data", "show": "data", "clip_bootstrap": "clip",
+              "correspondences": "clip",
               "clip_features": "clip", "pretrain": "pretrain", "finetune": "finetune", "tables": "finetune",
               "figures": "finetune"}
 SNAKEMAKE = "snakemake --profile workflow/profiles/default"

@@ -39,16 +39,8 @@ from ..runtime import seed_everything
 from ..scene import Dataset, FrameDefect
 from ..training import Hook, Trainer, TrainJob, make_optimizer, warmup_cosine
 from .crops import EXTRA_TEMPLATES, caption, collect_crops, color_name
-from .dense import (
-    decode_color,
-    dense_features,
-    dense_forward,
-    dense_input_size,
-    grid_geometry,
-    pixel_to_cell,
-    template_mean,
-    text_embeddings,
-)
+from .dense import (decode_color, dense_features, dense_forward, dense_input_size, grid_geometry, pixel_to_cell,
+                    template_mean, text_embeddings)
 from .load import ClipHandle, build_model, check_model_name, normalize_images, wrap_model
 
 STORE_SCALE = 4 / 3  # train crops are stored this much larger than the model input (random windows per step)

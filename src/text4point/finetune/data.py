@@ -6,10 +6,13 @@ resolution it was trained at): a voxel's position and colour are its points' mea
 labels their majority (255 / 0 when the majority is unlabelled). Each scene point keeps the row of its voxel
 (``point_voxel``), so predictions on voxels are scored on the original points, as the benchmarks do.
 
-Training items are augmented with transforms that keep axis-aligned boxes axis-aligned (VoteNet flips and
-rotates by multiples of 90° about the gravity axis for that reason): a random multiple of 90° about z, a random
-flip of x, a random uniform scale in ``[0.9, 1.1]``, then at most ``max_points`` voxels (a seeded random subset,
-in a seeded random order). The randomness of an item depends only on ``(seed, epoch, index)``.
+Training views (:class:`ViewConfig`, ``finetune.view``) are square full-height crops (``crop`` metres) around a
+random voxel at full density, or the whole room, at most ``max_points`` voxels; augmented with transforms that keep
+axis-aligned boxes axis-aligned (VoteNet flips and rotates by multiples of 90° about the gravity axis for that
+reason): a random multiple of 90° about z, a random flip of x, a random uniform scale, and colour jitter. The
+network's input channels (``pretrain.channels``: colour, height above the floor, normals, shape features;
+:mod:`text4point.point_features`) are computed once per scene on its voxels; a view rotates the normals with it.
+The randomness of a view depends only on ``(seed, view, index)``.
 
 The data-efficient regime (``label_fraction``) keeps ``max(1, round(fraction · n))`` of the ``n`` train scenes,
 drawn once from the data seed (``seed`` in params) and not from the training seed, so every training seed and
@@ -27,9 +30,33 @@ from torch import Tensor
 from ..errors import InputError
 from ..geometry import voxelize
 from ..labels import IGNORE_LABEL
+from ..point_features import channels_of, check_channels, geometry_arrays
 from ..scene import Dataset
 
 SCALE_RANGE = (0.9, 1.1)
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    """How a training view is drawn from a scene (see :func:`augment`).
+
+    ``crop``: side (metres) of a square, full-height crop of the room around a random voxel (0: the whole
+    room); then at most ``max_points`` voxels (a random subset). ``rotation``: ``quarter`` (multiples of 90°
+    about z, keeps boxes axis-aligned), ``free`` (any angle; not for detection) or ``none``. ``jitter``: std
+    (metres) of a per-voxel Gaussian position noise, clipped at 2 std. ``color_shift``: per view and channel, a
+    uniform shift in ``[-color_shift, color_shift]``; ``color_noise``: per voxel and channel Gaussian std;
+    ``color_scale``: per view a brightness factor in ``[1 - s, 1 + s]`` (colours clipped to [0, 1]).
+    """
+
+    max_points: int = 8000
+    crop: float = 0.0
+    rotation: str = "quarter"
+    flip: bool = True
+    scale: tuple[float, float] = SCALE_RANGE
+    jitter: float = 0.0
+    color_shift: float = 0.0
+    color_noise: float = 0.0
+    color_scale: float = 0.0
 
 
 @dataclass
@@ -47,6 +74,17 @@ class SceneCloud:
     point_voxel: np.ndarray  # [N] int64: each scene point's voxel row
     point_semantic: np.ndarray  # [N] int64 (ground truth of the original points)
     point_instance: np.ndarray  # [N] int64
+    geometry: dict[str, np.ndarray] = field(default_factory=dict)  # point_features.geometry_arrays of the voxels
+    channels: tuple[str, ...] = ("rgb",)
+
+    def features(self, keep: np.ndarray | None = None, rotation: np.ndarray | None = None,
+                 rgb: np.ndarray | None = None) -> np.ndarray:
+        """The network input of the voxels ``keep`` (all by default) in a view rotated by ``rotation``."""
+        sel = slice(None) if keep is None else keep
+        col = self.rgb[sel] if rgb is None else rgb
+        if self.channels == ("rgb",):
+            return col
+        return channels_of(self.channels, col, {k: v[sel] for k, v in self.geometry.items()}, rotation)
 
 
 def _majority(cluster: Tensor, values: np.ndarray, n_voxels: int, none_value: int) -> np.ndarray:
@@ -60,8 +98,11 @@ def _majority(cluster: Tensor, values: np.ndarray, n_voxels: int, none_value: in
     return np.where(counts.sum(1).numpy() > 0, best, none_value)
 
 
-def load_scene(dataset: Dataset, scene_id: str, voxel_size: float) -> SceneCloud:
-    """Voxelize one scene of ``dataset`` (see the module docstring)."""
+def load_scene(dataset: Dataset, scene_id: str, voxel_size: float, channels=("rgb",)) -> SceneCloud:
+    """Voxelize one scene of ``dataset`` (see the module docstring); ``channels`` are the network's input
+    channels (:mod:`text4point.point_features`): height, normals and shape features are computed once on the
+    scene's voxels."""
+    channels = check_channels(channels, "finetune.channels")
     scene = dataset.scene(scene_id)
     pts = scene.points()
     xyz = np.asarray(pts["xyz"], np.float32)  # read_points refuses an empty scene in one line
@@ -80,11 +121,13 @@ def load_scene(dataset: Dataset, scene_id: str, voxel_size: float) -> SceneCloud
     box_arr = np.array([list(b["center"]) + list(b["size"]) for b in boxes], np.float32).reshape(-1, 6)
     box_cls = np.array([int(b["semantic"]) for b in boxes], np.int64)
     box_inst = np.array([int(b["instance"]) for b in boxes], np.int64)
-    return SceneCloud(scene_id=scene_id, pos=vpos.numpy().astype(np.float32), rgb=(rgb / 255.0).numpy(),
+    pos = vpos.numpy().astype(np.float32)
+    geometry = geometry_arrays(pos, channels)
+    return SceneCloud(scene_id=scene_id, pos=pos, rgb=(rgb / 255.0).numpy(),
                       semantic=_majority(cluster, sem, n, IGNORE_LABEL),
                       instance=_majority(cluster, np.where(inst > 0, inst, 0), n, 0),
                       boxes=box_arr, box_classes=box_cls, box_instances=box_inst, point_voxel=cluster.numpy(),
-                      point_semantic=sem, point_instance=inst)
+                      point_semantic=sem, point_instance=inst, geometry=geometry, channels=channels)
 
 
 def label_fraction_scenes(scene_ids: list[str], fraction: float, seed: int) -> list[str]:
@@ -128,31 +171,71 @@ class SceneBatch:
         return int(self.pos.size(0))
 
 
-def augment(cloud: SceneCloud, rng: np.random.Generator, max_points: int) -> dict:
-    """A training view of ``cloud`` (see the module docstring), as numpy arrays."""
+def view_config(ft: dict) -> ViewConfig:
+    """The :class:`ViewConfig` of the (validated) ``finetune`` params section: ``max_points`` and ``view``."""
+    v = dict(ft["view"])
+    v["scale"] = tuple(float(x) for x in v["scale"])
+    if v["rotation"] not in ("quarter", "free", "none"):
+        raise InputError(f"finetune.view.rotation: expected one of quarter, free, none, got {v['rotation']!r}")
+    return ViewConfig(max_points=int(ft["max_points"]), **v)
+
+
+def _crop(cloud: SceneCloud, rng: np.random.Generator, side: float) -> np.ndarray:
+    """Rows of the voxels in a square ``side`` × ``side`` (x, y), full-height window centred on a random voxel."""
+    c = cloud.pos[int(rng.integers(len(cloud.pos)))]
+    inside = (np.abs(cloud.pos[:, :2] - c[None, :2]) <= side / 2).all(1)
+    return np.flatnonzero(inside)
+
+
+def augment(cloud: SceneCloud, rng: np.random.Generator, max_points, view: ViewConfig | None = None) -> dict:
+    """A training view of ``cloud`` (see the module docstring and :class:`ViewConfig`), as numpy arrays.
+
+    ``max_points`` is the cap of the default view (kept for the callers that pass only it); ``view``, when
+    given, overrides everything."""
+    view = view or ViewConfig(max_points=int(max_points))
     quarter = int(rng.integers(4))
     flip = bool(rng.random() < 0.5)
-    scale = float(rng.uniform(*SCALE_RANGE))
-    keep = rng.permutation(len(cloud.pos))[:max_points]
+    scale = float(rng.uniform(*view.scale))
+    if view.crop > 0:
+        rows = _crop(cloud, rng, float(view.crop))
+        keep = rows[rng.permutation(len(rows))[:view.max_points]]
+    else:
+        keep = rng.permutation(len(cloud.pos))[:view.max_points]
     pos = cloud.pos[keep].astype(np.float64)
-    centre = cloud.pos.mean(0)
+    centre = pos.mean(0) if view.crop > 0 else cloud.pos.mean(0)
     pos = pos - centre
-    boxes = cloud.boxes.astype(np.float64).copy()
+    present = np.isin(cloud.box_instances, cloud.instance[keep]) if view.crop > 0 else \
+        np.ones(len(cloud.boxes), bool)
+    boxes = cloud.boxes[present].astype(np.float64).copy()
     boxes[:, :3] -= centre
-    c, s = [(1, 0), (0, 1), (-1, 0), (0, -1)][quarter]
+    if view.rotation == "free":
+        a = float(rng.uniform(0, 2 * np.pi))
+        c, s = np.cos(a), np.sin(a)
+    elif view.rotation == "quarter":
+        c, s = [(1, 0), (0, 1), (-1, 0), (0, -1)][quarter]
+    else:
+        c, s = 1.0, 0.0
     R = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]], np.float64)
+    if flip and view.flip:
+        R = np.diag([-1.0, 1.0, 1.0]) @ R
     pos = pos @ R.T
     boxes[:, :3] = boxes[:, :3] @ R.T
-    if quarter % 2:
+    if view.rotation == "quarter" and quarter % 2:
         boxes[:, [3, 4]] = boxes[:, [4, 3]]
-    if flip:
-        pos[:, 0] = -pos[:, 0]
-        boxes[:, 0] = -boxes[:, 0]
     pos *= scale
     boxes *= scale
-    return {"pos": pos.astype(np.float32), "x": cloud.rgb[keep], "semantic": cloud.semantic[keep],
-            "instance": cloud.instance[keep], "boxes": boxes.astype(np.float32), "box_classes": cloud.box_classes,
-            "box_instances": cloud.box_instances, "name": cloud.scene_id}
+    if view.jitter > 0:
+        pos += np.clip(rng.normal(0.0, view.jitter, pos.shape), -2 * view.jitter, 2 * view.jitter)
+    rgb = cloud.rgb[keep]
+    if view.color_shift > 0 or view.color_noise > 0 or view.color_scale > 0:
+        rgb = rgb * float(rng.uniform(1 - view.color_scale, 1 + view.color_scale)) \
+            + rng.uniform(-view.color_shift, view.color_shift, (1, 3)) \
+            + (rng.normal(0.0, view.color_noise, rgb.shape) if view.color_noise > 0 else 0.0)
+        rgb = np.clip(rgb, 0.0, 1.0).astype(np.float32)
+    return {"pos": pos.astype(np.float32), "x": cloud.features(keep, R, rgb), "semantic": cloud.semantic[keep],
+            "instance": cloud.instance[keep], "boxes": boxes.astype(np.float32),
+            "box_classes": cloud.box_classes[present], "box_instances": cloud.box_instances[present],
+            "name": cloud.scene_id}
 
 
 def centred(cloud: SceneCloud) -> dict:
@@ -160,7 +243,7 @@ def centred(cloud: SceneCloud) -> dict:
     centre = cloud.pos.mean(0)
     boxes = cloud.boxes.copy()
     boxes[:, :3] -= centre
-    return {"pos": (cloud.pos - centre).astype(np.float32), "x": cloud.rgb, "semantic": cloud.semantic,
+    return {"pos": (cloud.pos - centre).astype(np.float32), "x": cloud.features(), "semantic": cloud.semantic,
             "instance": cloud.instance, "boxes": boxes, "box_classes": cloud.box_classes,
             "box_instances": cloud.box_instances, "name": cloud.scene_id, "centre": centre}
 
@@ -181,13 +264,14 @@ def collate(items: list[dict]) -> SceneBatch:
 
 
 class TrainScenes(torch.utils.data.Dataset):
-    """Augmented training views; item keys are ``(epoch, index)``, as :class:`text4point.training.EpochSampler`
-    yields them."""
+    """Augmented training views; item keys are ``(view, index)``: the ``view``-th view drawn in the job, of scene
+    ``index``; its randomness depends on ``(seed, view, index)`` alone."""
 
-    def __init__(self, clouds: list[SceneCloud], max_points: int, seed: int):
+    def __init__(self, clouds: list[SceneCloud], max_points: int, seed: int, view: ViewConfig | None = None):
         if not clouds:
             raise InputError("fine-tuning: no training scenes")
         self.clouds, self.max_points, self.seed = clouds, int(max_points), int(seed)
+        self.view = view
 
     def __len__(self) -> int:
         return len(self.clouds)
@@ -195,8 +279,8 @@ class TrainScenes(torch.utils.data.Dataset):
     def __getitem__(self, key) -> dict:
         epoch, index = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (0, int(key))
         rng = np.random.default_rng([self.seed & 0xFFFFFFFF, epoch, index, 5])
-        return augment(self.clouds[index], rng, self.max_points)
+        return augment(self.clouds[index], rng, self.max_points, self.view)
 
 
-__all__ = ["SceneBatch", "SceneCloud", "TrainScenes", "augment", "centred", "collate", "label_fraction_scenes",
-           "load_scene"]
+__all__ = ["SceneBatch", "SceneCloud", "TrainScenes", "ViewConfig", "augment", "centred", "collate",
+           "label_fraction_scenes", "load_scene", "view_config"]

@@ -34,8 +34,9 @@ from ..fsutil import atomic_path
 from ..names import INITS, LANGUAGE_INITS, SCRATCH
 from ..runtime import cpu_threads, resolve_device, seed_everything
 from ..scene import Dataset
+from ..tasks._base import class_balance_weights
 from ..training import Trainer, TrainJob, make_optimizer, warmup_cosine
-from .data import TrainScenes, centred, collate, label_fraction_scenes, load_scene
+from .data import TrainScenes, centred, collate, label_fraction_scenes, load_scene, view_config
 from .model import build
 
 
@@ -112,6 +113,16 @@ def run_stage(job: FinetuneJob, device=None) -> dict:
         return _run(job, dev)
 
 
+def loss_subset(n: int, fraction: float, seed: int, step: int, device) -> torch.Tensor | None:
+    """The rows of a training batch that are decoded and supervised (``finetune.loss_points``): a seeded random
+    ``fraction`` of its ``n`` voxels, sorted; None (all) for 1. The encoder still sees every voxel, so the point
+    density is the evaluation's; only the finest decoder level and the head run on fewer points."""
+    if fraction >= 1.0:
+        return None
+    pick = np.random.default_rng([int(seed), int(step), 7]).choice(n, max(1, int(fraction * n)), replace=False)
+    return torch.from_numpy(np.sort(pick)).to(device)
+
+
 def loss_windows(history: list[dict], total: int) -> tuple[list[float], list[int]]:
     """The training loss averaged over windows of ``max(1, total // 20)`` steps (the last one ends at ``total``):
     the curve of ``metrics.json`` (``loss_history`` at ``loss_steps``)."""
@@ -135,8 +146,9 @@ def _run(job: FinetuneJob, dev) -> dict:
     voxel = float(cfg["correspondences"]["voxel_size"])
     train_ids = label_fraction_scenes(ds.split("train", nonempty=True), fraction, int(cfg["seed"]))
     val_ids = ds.split("val", nonempty=True)
-    train_clouds = [load_scene(ds, s, voxel) for s in train_ids]
-    val_clouds = [load_scene(ds, s, voxel) for s in val_ids]
+    channels = tuple(cfg["pretrain"]["channels"])
+    train_clouds = [load_scene(ds, s, voxel, channels) for s in train_ids]
+    val_clouds = [load_scene(ds, s, voxel, channels) for s in val_ids]
 
     ck = _load_init(job.init_checkpoint) if job.init_checkpoint is not None else None
     prompt = (_prompt(cfg, dev, job.clip_checkpoint, ck["meta"], job.init_checkpoint, label_set)
@@ -144,23 +156,37 @@ def _run(job: FinetuneJob, dev) -> dict:
     seed_everything(seed)
     model = build(cfg, task, init, len(label_set.classes), ck, prompt, str(job.init_checkpoint or "")).to(dev)
     del ck
+    if float(ft["class_balance"]) > 0 and hasattr(model.head, "class_weights"):
+        model.head.class_weights = class_balance_weights(np.concatenate([c.semantic for c in train_clouds]),
+                                                         len(label_set.classes), float(ft["class_balance"]))
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], "adamw", ft["lr"],
                                ft["weight_decay"])
     bs = int(ft["batch_size"])
-    data = TrainScenes(train_clouds, int(ft["max_points"]), seed)
+    view = view_config(ft)
+    if view.rotation == "free" and not tasks.get(task).free_rotation:
+        raise InputError(f"finetune.view.rotation: {task} keeps boxes axis-aligned, expected quarter or none, "
+                         f"got free")
+    data = TrainScenes(train_clouds, int(ft["max_points"]), seed, view)
     steps_per_pass = -(-len(data) // bs)
     total = int(ft["steps"])
     gen = np.random.default_rng([seed, 3])
+    stream: list[int] = []  # the scene of each view: passes over the train scenes, a fresh order each
+    loss_points = float(ft["loss_points"])
 
     def batches(epoch: int):
-        # Passes over the (fraction of the) train scenes in a fresh order each; the step budget is the same for
-        # every label fraction (CSC's data-efficient protocol keeps the schedule, not the epochs).
-        order = gen.permutation(len(data))
-        for i in range(steps_per_pass):
-            yield collate([data[(epoch, int(j))] for j in order[i * bs:(i + 1) * bs]]).to(dev)
+        # ``batch_size`` views per step from passes over the (fraction of the) train scenes, so a step may hold
+        # several views (crops) of one scene when there are fewer scenes than views; view v of scene j is keyed
+        # (v, j). The step budget is the same for every label fraction (CSC's data-efficient protocol keeps the
+        # schedule, not the epochs). A trainer epoch is ``steps_per_pass`` steps.
+        for step in range(epoch * steps_per_pass, (epoch + 1) * steps_per_pass):
+            while len(stream) < (step + 1) * bs:
+                stream.extend(gen.permutation(len(data)).tolist())
+            yield step, collate([data[(v, stream[v])] for v in range(step * bs, (step + 1) * bs)]).to(dev)
 
-    def forward(batch) -> dict:
-        return model.losses(model(batch.x, batch.pos, batch.batch), batch)
+    def forward(item) -> dict:
+        step, batch = item
+        index = loss_subset(batch.num_points, loss_points, seed, step, dev)
+        return model.losses(model(batch.x, batch.pos, batch.batch, index), batch)
 
     logged = {"seed": cfg["seed"], "finetune": ft, "pretrain": cfg["pretrain"], "clip": cfg["clip"],
               "correspondences": {"voxel_size": voxel}, "task": task, "init": init, "train_seed": seed,
@@ -183,7 +209,7 @@ def _run(job: FinetuneJob, dev) -> dict:
         result = {"task": task, "init": init, "seed": seed, "label_fraction": fraction,
                   "dataset": label_set.name, "split": "val", "val_scenes": len(val_ids),
                   "train_scenes": len(train_ids), "train_scene_ids": train_ids, "steps": total,
-                  "passes": round(total / steps_per_pass, 2),
+                  "passes": round(total * bs / len(train_ids), 2),
                   "primary_metric": primary, "primary": metrics[primary],
                   **{k: v for k, v in metrics.items() if k not in ("confusion",)},
                   "final_loss": history[-1] if history else None,
@@ -205,4 +231,4 @@ def _run(job: FinetuneJob, dev) -> dict:
     return result
 
 
-__all__ = ["FinetuneJob", "evaluate", "loss_windows", "run_stage"]
+__all__ = ["FinetuneJob", "evaluate", "loss_subset", "loss_windows", "run_stage"]

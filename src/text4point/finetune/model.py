@@ -25,7 +25,7 @@ from .. import tasks
 from ..checkpoints import load_weights
 from ..errors import InputError
 from ..labels import IGNORE_LABEL
-from ..models import build_backbone
+from ..models import backbone_from_params
 from ..names import INITS, LANGUAGE_INITS
 from ..tasks._base import seed_values
 from ..tqm import Aggregation, FCExpand, TextQueryingModule
@@ -66,9 +66,12 @@ class FinetuneModel(nn.Module):
             if not ft["learnable_prompt"]:
                 prompt.ctx.requires_grad_(False)
 
-    def forward(self, x: Tensor, pos: Tensor, batch: Tensor) -> dict:
+    def forward(self, x: Tensor, pos: Tensor, batch: Tensor, index: Tensor | None = None) -> dict:
+        """The task's outputs; ``index`` (training): decode and supervise only these input points (the encoder still
+        sees every point); the task may ask for other rows (detection: its seeds)."""
         encoded = self.backbone.encode(x, pos, batch)
-        out = {"encoded": encoded}
+        rows = self.task.decode_rows(encoded, index)
+        out = {"encoded": encoded, "rows": rows}
         h = encoded.h
         if self.prompt is not None:
             t = self.prompt()
@@ -77,7 +80,7 @@ class FinetuneModel(nn.Module):
             if self.tqm is not None:
                 h_text, _ = self.tqm(h_hat, t.to(h_hat.dtype))
                 h = self.aggregation(h, self.fc_text(h_text).to(h.dtype))
-        z = self.backbone.decode(encoded, h)
+        z = self.backbone.decode(encoded, h, rows)
         out.update(self.task.forward(self.head, z, encoded, pos, batch))
         return out
 
@@ -99,7 +102,7 @@ def build(cfg: dict, task: str, init: str, num_classes: int, init_checkpoint: di
           init_path: str = "") -> FinetuneModel:
     """The fine-tuning model with its weights initialised from ``init_checkpoint`` (a ``pretrain`` stage
     checkpoint, ``{"model", "meta"}``) or at random (``scratch``); the backbone's architecture is
-    ``pretrain.backbone/width/bottleneck_dim/out_dim`` and must be the checkpoint's."""
+    ``pretrain.backbone/width/bottleneck_dim/out_dim/channels/radii/max_neighbors`` and must be the checkpoint's."""
     pc, ft = cfg["pretrain"], cfg["finetune"]
     if init not in INITS:
         raise InputError(f"finetune.inits: expected one of {list(INITS)}, got {init!r}")
@@ -111,12 +114,15 @@ def build(cfg: dict, task: str, init: str, num_classes: int, init_checkpoint: di
         got = {k: (meta.get("backbone") or {}).get(k) for k in want}
         if got != want:
             raise InputError(f"checkpoint {init_path} was made with backbone {got}, but params ask for {want}")
+        channels = (meta.get("backbone") or {}).get("channels", ["rgb"])
+        if list(channels) != list(pc["channels"]):
+            raise InputError(f"checkpoint {init_path} was pre-trained on input channels {list(channels)}, but "
+                             f"pretrain.channels are {list(pc['channels'])}")
         if meta.get("variant") != init:
             raise InputError(f"checkpoint {init_path} is of pre-training variant {meta.get('variant')!r}, not "
                              f"{init!r}")
         clip_dim = meta.get("clip_dim")
-    backbone = build_backbone(pc["backbone"], in_channels=3, width=want["width"],
-                              bottleneck_dim=want["bottleneck_dim"], out_dim=want["out_dim"])
+    backbone = backbone_from_params(pc)
     if init in LANGUAGE_INITS and prompt is None:
         raise InputError("finetune init text4point: needs the learnable prompt (the frozen CLIP) - none was given")
     model = FinetuneModel(backbone, task, num_classes, ft, prompt if init in LANGUAGE_INITS else None,

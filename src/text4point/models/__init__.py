@@ -49,6 +49,7 @@ class Encoded:
     poss: list[Tensor]
     batches: list[Tensor]
     graphs: list[Tensor] | None = None
+    samples: list[Tensor] | None = None  # samples[l]: the rows of level l that are the points of level l+1
 
     @property
     def h(self) -> Tensor:
@@ -124,9 +125,10 @@ class Backbone(nn.Module, abc.ABC):
         """The encoder ``f3D`` proper (inputs already checked)."""
 
     @abc.abstractmethod
-    def decode(self, encoded: Encoded, h: Tensor) -> Tensor:
+    def decode(self, encoded: Encoded, h: Tensor, index: Tensor | None = None) -> Tensor:
         """Run the decoder ``g3D`` on a bottleneck feature ``h`` (``N_b × d'``; ``h3D`` or
-        ``h3D_aggr``) with the skips of ``encoded``; returns ``z3D`` (``N × out_dim``)."""
+        ``h3D_aggr``) with the skips of ``encoded``; returns ``z3D`` (``N × out_dim``), or only its rows
+        ``index`` (input points) when given: the same values, computed for those points only."""
 
     def _check_bottleneck(self, encoded: Encoded, h: Tensor) -> None:
         expected = [encoded.pos_b.size(0), self.bottleneck_dim]
@@ -151,6 +153,19 @@ BACKBONES: dict[str, type[Backbone]] = {
 }
 
 
+def backbone_from_params(pc: dict) -> Backbone:
+    """The backbone that the ``pretrain`` params section describes (pre-training and fine-tuning build the same
+    one): ``backbone``, ``width``, ``bottleneck_dim``, ``out_dim``, the input ``channels``
+    (:mod:`text4point.point_features`) and, for PointNet++, the grouping ``radii`` and ``max_neighbors``."""
+    from text4point.point_features import num_channels
+
+    kwargs = {"in_channels": num_channels(pc["channels"]), "width": int(pc["width"]),
+              "bottleneck_dim": int(pc["bottleneck_dim"]), "out_dim": int(pc["out_dim"])}
+    if pc["backbone"] == "pointnet2":
+        kwargs.update(radii=tuple(float(r) for r in pc["radii"]), max_neighbors=int(pc["max_neighbors"]))
+    return build_backbone(pc["backbone"], **kwargs)
+
+
 def build_backbone(name: str, **kwargs) -> Backbone:
     """Build the backbone registered as ``name`` in :data:`BACKBONES` with ``kwargs``.
 
@@ -164,5 +179,5 @@ def build_backbone(name: str, **kwargs) -> Backbone:
     return cls(**kwargs)
 
 
-__all__ = ["BACKBONES", "Backbone", "BackboneOutput", "Encoded", "PointNet2UNet",
+__all__ = ["BACKBONES", "Backbone", "BackboneOutput", "Encoded", "PointNet2UNet", "backbone_from_params",
            "PointTransformerUNet", "build_backbone"]

@@ -146,7 +146,7 @@ class PointTransformerUNet(Backbone):
             return encoded.graphs[lvl]
         return self._graph(encoded.poss[lvl], encoded.batches[lvl])
 
-    def decode(self, encoded: Encoded, h: Tensor) -> Tensor:
+    def decode(self, encoded: Encoded, h: Tensor, index: Tensor | None = None) -> Tensor:
         """``z3D = g3D(h)``: ``h`` (``h3D`` or ``h3D_aggr``, ``N_b × d'``) through the summit block,
         then up through every level with the skips of ``encoded``; returns ``N × out_dim``."""
         self._check_bottleneck(encoded, h)
@@ -158,4 +158,4 @@ class PointTransformerUNet(Backbone):
             x = self.up[lvl](x, pos, batch, encoded.xs[lvl], pos_f, batch_f)
             x = self.blocks_up[lvl](x, pos_f, self._graph_of(encoded, lvl))
             pos, batch = pos_f, batch_f
-        return self.head(x)
+        return self.head(x if index is None else x[index])

@@ -5,9 +5,9 @@ radius grouping (at most ``max_neighbors`` per centroid) and a :class:`PointNetC
 MLP on ``[x_j, pos_j - pos_i]``, max over the group). The last level's output is ``h3D``
 (``N_b × d'``, no norm or activation after its last linear layer).
 
-Decoder ``g3D``: feature propagation by k-NN inverse-distance interpolation
-(:func:`torch_geometric.nn.knn_interpolate`) back through every level, concatenated with the
-encoder's skip features, then an MLP; a head maps the finest level to ``z3D`` (``N × out_dim``).
+Decoder ``g3D``: feature propagation by k-NN inverse-distance interpolation (:func:`interpolate`, PyTorch
+Geometric's ``knn_interpolate`` as a sparse product) back through every level, concatenated with the encoder's
+skip features, then an MLP; a head maps the finest level to ``z3D`` (``N × out_dim``).
 
 Farthest-point sampling starts at the first point of each cloud (``random_start=False``):
 torch_cluster's random start does not follow ``torch.manual_seed``, and the project promises
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 import torch_cluster
 from torch import Tensor, nn
-from torch_geometric.nn import MLP, PointNetConv, knn_interpolate
+from torch_geometric.nn import MLP, PointNetConv
 
 from text4point.errors import InputError
 from text4point.models import Backbone, Encoded
@@ -40,13 +40,32 @@ class SetAbstraction(nn.Module):
         # The centroid is one of the source points (distance 0), so it is in its own group.
         self.conv = PointNetConv(local_nn=mlp, add_self_loops=False)
 
-    def forward(self, x: Tensor, pos: Tensor, batch: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, pos: Tensor, batch: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         idx = fps(pos, batch, self.ratio)
         row, col = torch_cluster.radius(pos, pos[idx], self.radius, batch, batch[idx],
                                         max_num_neighbors=self.max_neighbors)
-        edge_index = torch.stack([col, row], dim=0)  # source: grouped point, target: centroid
-        out = self.conv((x, x[idx]), (pos, pos[idx]), edge_index)
-        return out, pos[idx], batch[idx]
+        # PointNetConv's message local_nn([x_j, pos_j - pos_i]), max over each centroid's group; radius returns the
+        # edges sorted by centroid and every group holds its centroid, so the max is a segment max
+        msg = self.conv.local_nn(torch.cat([x[col], pos[col] - pos[idx][row]], dim=1))
+        if row.numel() > 1 and not bool((row[1:] >= row[:-1]).all()):
+            order = torch.argsort(row, stable=True)
+            row, msg = row[order], msg[order]
+        lengths = torch.bincount(row, minlength=idx.numel())
+        out = torch.segment_reduce(msg, "max", lengths=lengths, axis=0, unsafe=True)
+        return out, pos[idx], batch[idx], idx
+
+
+def interpolate(x: Tensor, pos: Tensor, pos_fine: Tensor, batch: Tensor, batch_fine: Tensor, k: int) -> Tensor:
+    """PyTorch Geometric's ``knn_interpolate`` (inverse squared distance weights of the ``k`` nearest coarse points
+    of the same cloud, normalised per fine point) as one sparse (CSR) matrix product: the same values, faster on
+    CPU forward + backward (tests/test_models.py checks the values)."""
+    with torch.no_grad():
+        row, col = torch_cluster.knn(pos, pos_fine, k, batch, batch_fine)  # row: fine point, col: coarse point
+        w = 1.0 / (pos[col] - pos_fine[row]).pow(2).sum(1).clamp(min=1e-16)
+        w = w / torch.zeros(pos_fine.size(0), dtype=w.dtype, device=w.device).index_add_(0, row, w)[row]
+        W = torch.sparse_coo_tensor(torch.stack([row, col]), w.to(x.dtype), (pos_fine.size(0), x.size(0)))
+        W = W.coalesce().to_sparse_csr()
+    return torch.sparse.mm(W, x)
 
 
 class FeaturePropagation(nn.Module):
@@ -59,7 +78,7 @@ class FeaturePropagation(nn.Module):
 
     def forward(self, x: Tensor, pos: Tensor, batch: Tensor, x_skip: Tensor, pos_skip: Tensor,
                 batch_skip: Tensor) -> Tensor:
-        x = knn_interpolate(x, pos, pos_skip, batch, batch_skip, k=self.k)
+        x = interpolate(x, pos, pos_skip, batch, batch_skip, k=self.k)
         return self.mlp(torch.cat([x, x_skip], dim=1))
 
 
@@ -114,18 +133,20 @@ class PointNet2UNet(Backbone):
         self.head = MLP([dec[0], dec[0], self.out_dim])  # z3D: plain last layer
 
     def _encode(self, x: Tensor, pos: Tensor, batch: Tensor) -> Encoded:
-        xs, poss, batches = [x], [pos], [batch]
+        xs, poss, batches, samples = [x], [pos], [batch], []
         for sa in self.encoder:
-            x, pos, batch = sa(x, pos, batch)
-            xs.append(x), poss.append(pos), batches.append(batch)
-        return Encoded(xs=xs, poss=poss, batches=batches)
+            x, pos, batch, idx = sa(x, pos, batch)
+            xs.append(x), poss.append(pos), batches.append(batch), samples.append(idx)
+        return Encoded(xs=xs, poss=poss, batches=batches, samples=samples)
 
-    def decode(self, encoded: Encoded, h: Tensor) -> Tensor:
+    def decode(self, encoded: Encoded, h: Tensor, index: Tensor | None = None) -> Tensor:
         """``z3D = g3D(h)``: propagate ``h`` (``h3D`` or ``h3D_aggr``, ``N_b × d'``) to every
-        input point through the skips of ``encoded``; returns ``N × out_dim``."""
+        input point through the skips of ``encoded``; returns ``N × out_dim`` (only the rows ``index`` when
+        given: the finest level and the head then run on those points alone)."""
         self._check_bottleneck(encoded, h)
         x = h
         for lvl in reversed(range(len(self.decoder))):
+            rows = index if (lvl == 0 and index is not None) else slice(None)
             x = self.decoder[lvl](x, encoded.poss[lvl + 1], encoded.batches[lvl + 1],
-                                  encoded.xs[lvl], encoded.poss[lvl], encoded.batches[lvl])
+                                  encoded.xs[lvl][rows], encoded.poss[lvl][rows], encoded.batches[lvl][rows])
         return self.head(x)

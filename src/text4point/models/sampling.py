@@ -2,7 +2,7 @@
 
 torch_cluster's ``fps`` is the CUDA path. Its CPU kernel runs one round of tensor ops per sampled point, which
 dominated a PointNet++ forward pass on a room-sized cloud; on CPU the sampling is therefore fpsample's
-bucket-based FPS (a k-d tree over the cloud, the QuickFPS idea). Both are deterministic greedy max–min-distance
+bucket-based FPS (a k-d line over the cloud, the QuickFPS idea). Both are deterministic greedy max–min-distance
 samplers with torch_cluster's sample count ``ceil(n · ratio)``; they pick different points (the bucket search
 visits candidates in another order) with the same coverage (see ``tests/test_models.py``).
 """
@@ -16,6 +16,18 @@ import torch
 import torch_cluster
 from torch import Tensor
 
+KDLINE_HEIGHT = 5  # fpsample's kd-line height (2**h <= n points); 5 suits clouds of thousands of points
+
+
+def _cpu_fps(xyz: np.ndarray, k: int) -> np.ndarray:
+    """``k < n`` farthest points of one cloud of ``n >= 2`` points, started at its first point: fpsample's kd-line
+    bucket FPS (exact FPS like its kd-tree variant and faster; on a voxel grid's many equal distances it breaks ties
+    differently, with the same coverage). The kd-line height is at most ``KDLINE_HEIGHT`` and ``2**h <= n``."""
+    import fpsample
+
+    h = min(KDLINE_HEIGHT, int(np.floor(np.log2(len(xyz)))))
+    return fpsample.bucket_fps_kdline_sampling(xyz, k, h, start_idx=0)
+
 
 def fps(pos: Tensor, batch: Tensor | None, ratio: float | Tensor) -> Tensor:
     """Indices into ``pos`` of ``ceil(n_c · ratio)`` farthest points of each cloud ``c``, grouped by cloud.
@@ -26,8 +38,6 @@ def fps(pos: Tensor, batch: Tensor | None, ratio: float | Tensor) -> Tensor:
     """
     if pos.is_cuda:
         return torch_cluster.fps(pos, batch, ratio=ratio, random_start=False)
-    import fpsample
-
     if batch is None:
         batch = torch.zeros(len(pos), dtype=torch.long)
     counts = torch.bincount(batch).tolist() if len(batch) else []
@@ -37,7 +47,7 @@ def fps(pos: Tensor, batch: Tensor | None, ratio: float | Tensor) -> Tensor:
     for n, r in zip(counts, ratios):
         if n:
             k = min(n, math.ceil(n * r))
-            pick = fpsample.bucket_fps_kdtree_sampling(xyz[start:start + n], k, start_idx=0) if k < n else np.arange(n)
+            pick = _cpu_fps(xyz[start:start + n], k) if k < n else np.arange(n)
             out.append(np.asarray(pick, np.int64) + start)
         start += n
     idx = np.concatenate(out) if out else np.zeros(0, np.int64)

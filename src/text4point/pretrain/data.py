@@ -50,6 +50,7 @@ from ..corrfiles import check_matches_scene, load_manifest
 from ..errors import InputError
 from ..fsutil import read_array
 from ..names import IMAGE_VARIANTS, PAIR_VARIANTS, VARIANTS
+from ..point_features import channels_of, check_channels, floor_height, geometry_arrays
 from ..scene import Dataset
 
 IMAGE_KEY_STRIDE = 1 << 20  # image key = scene index * stride + frame row (frames per scene < 2**20)
@@ -117,6 +118,18 @@ class _Base(torch.utils.data.Dataset):
             self.small.append(_load_small(d))
         self._lazy = _Lazy()
         self.skipped: dict[str, int] = {}
+        self.channels: tuple[str, ...] = ("rgb",)  # input channels (point_features); set by build_dataset
+        self._floor: dict[int, float] = {}
+
+    def floor(self, si: int) -> float:
+        """The scan's floor estimate: point_features.floor_height of the voxels of all of its kept frames."""
+        if si not in self._floor:
+            self._floor[si] = floor_height(np.asarray(self._big(si)["points"][:, 2]))
+        return self._floor[si]
+
+    def _x(self, x: np.ndarray, geo: dict | None, rotation: np.ndarray | None = None) -> np.ndarray:
+        """The network input of a frame view: the colour alone, or the channels (normals rotated with the view)."""
+        return x if geo is None else channels_of(self.channels, x, geo, rotation)
 
     def _big(self, si: int) -> dict[str, np.ndarray]:
         got = self._lazy._big.get(si)
@@ -127,8 +140,10 @@ class _Base(torch.utils.data.Dataset):
     def _skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
-    def _frame_cloud(self, si: int, f: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(pos [n,3] float32, x [n,3] float32 in [0, 1], inverse map: frame point -> row or -1)."""
+    def _frame_cloud(self, si: int, f: int, rng: np.random.Generator):
+        """(pos [n,3] float32, x [n,3] float32 in [0, 1], inverse map: frame point -> row or -1, geometry): the
+        geometry (point_features.geometry_arrays: height above the scan's floor, normals and shape features by PCA
+        within the frame, on all of its voxels before the subset) is None for rgb-only networks."""
         po = self.small[si]["point_offsets"]
         big = self._big(si)
         lo, hi = int(po[f]), int(po[f + 1])
@@ -139,7 +154,10 @@ class _Base(torch.utils.data.Dataset):
         order = np.searchsorted(keep_sorted, keep)
         pos = pts[order]
         x = cols[order].astype(np.float32) / 255.0
-        return pos, x, inv
+        if self.channels == ("rgb",):
+            return pos, x, inv, None
+        geo = geometry_arrays(np.asarray(big["points"][lo:hi], np.float32), self.channels, self.floor(si))
+        return pos, x, inv, {k: v[keep] for k, v in geo.items()}
 
 
 # ---------------------------------------------------------------- frames (pixel <-> point)
@@ -222,7 +240,8 @@ class FrameDataset(_Base):
         epoch, index = _split_key(key)
         si, f = self.items[index]
         rng = _seeded_rng(self.seed, epoch, index)
-        pos, x, inv = self._frame_cloud(si, f, rng)
+        pos, x, inv, geo = self._frame_cloud(si, f, rng)
+        x = self._x(x, geo)
         s, big = self.small[si], self._big(si)
         po0 = int(s["point_offsets"][f])
         pix, pts, img = [], [], []
@@ -332,13 +351,16 @@ def build_dataset(variant: str, corr_dir: Path, data_root: Path, features: Featu
     if variant in PAIR_VARIANTS:
         from .pairs import PairDataset
 
-        return PairDataset(corr_dir, data_root, scene_ids, pcfg["max_points"], pcfg["num_matches"], seed)
-    if variant not in IMAGE_VARIANTS:
+        data = PairDataset(corr_dir, data_root, scene_ids, pcfg["max_points"], pcfg["num_matches"], seed)
+    elif variant not in IMAGE_VARIANTS:
         raise InputError(f"pretrain.variants: expected one of {list(VARIANTS)}, got {variant!r}")
-    if features is None:
+    elif features is None:
         raise InputError(f"pretrain variant {variant}: needs the clip_features output (none was given)")
-    return FrameDataset(corr_dir, data_root, features, scene_ids, pcfg["max_points"], pcfg["num_matches"], seed,
-                        cross_frame=cross_frame)
+    else:
+        data = FrameDataset(corr_dir, data_root, features, scene_ids, pcfg["max_points"], pcfg["num_matches"], seed,
+                            cross_frame=cross_frame)
+    data.channels = check_channels(pcfg["channels"], "pretrain.channels")
+    return data
 
 
 def collate_for(variant: str):

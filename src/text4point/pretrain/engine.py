@@ -46,8 +46,9 @@ from ..checkpoints import latest_checkpoint, load_checkpoint, save, weights_sha2
 from ..clip.cache import load_features
 from ..errors import InputError
 from ..fsutil import sha256_file
-from ..models import build_backbone
+from ..models import backbone_from_params
 from ..names import IMAGE_VARIANTS, VARIANTS
+from ..point_features import num_channels
 from ..runtime import cpu_threads, resolve_device, seed_everything
 from ..scene import Dataset
 from ..training import Dist, Hook, Trainer, TrainJob, make_loader, make_optimizer, warmup_cosine
@@ -150,9 +151,7 @@ def build_model(cfg: dict, variant: str, clip_dim: int | None, text: torch.Tenso
     """The variant's model, initialised from ``cfg["seed"]`` (so the random baseline is this very init)."""
     pc = cfg["pretrain"]
     seed_everything(int(cfg["seed"]))
-    backbone = build_backbone(pc["backbone"], in_channels=3, width=int(pc["width"]),
-                              bottleneck_dim=int(pc["bottleneck_dim"]), out_dim=int(pc["out_dim"]))
-    return Text4PointModel(backbone, int(clip_dim or 0), text, variant, pc)
+    return Text4PointModel(backbone_from_params(pc), int(clip_dim or 0), text, variant, pc)
 
 
 # ---------------------------------------------------------------- the stage
@@ -244,7 +243,8 @@ def _run(job: PretrainJob, dist: Dist, t_start: float) -> dict:
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], pc["optimizer"], pc["lr"],
                                pc["weight_decay"], pc["momentum"])
     backbone = {"name": pc["backbone"], "width": int(pc["width"]), "bottleneck_dim": int(pc["bottleneck_dim"]),
-                "out_dim": int(pc["out_dim"]), "in_channels": 3}
+                "out_dim": int(pc["out_dim"]), "in_channels": num_channels(pc["channels"]),
+                "channels": list(pc["channels"])}
     train_params = {"seed": seed, "cross_frame": bool(job.cross_frame),
                     **{k: v for k, v in pc.items() if k not in RESUME_FREE}}
     logged_params = {k: cfg[k] for k in ("seed", "clip", "correspondences", "pretrain") if k in cfg}
@@ -339,18 +339,19 @@ def _zeroshot(cfg, variant, model, clip_dim, text, data_root, corr_dir, ds, dev,
     voxel = float(load_manifest(corr_dir)["params"]["voxel_size"])
     val = ds.split("val")
     classes = list(ds.label_set.classes)
+    channels = tuple(cfg["pretrain"]["channels"])
     # the random network: same seed, same architecture; pointcontrast has no CLIP-space head, so its random
     # baseline is the image_contrast architecture, whose backbone is initialised first from the same seed
     random_variant = variant if variant in IMAGE_VARIANTS else "image_contrast"
     rand = build_model(cfg, random_variant, clip_dim, text if random_variant == "text4point" else None).to(dev)
     out = {}
-    r = zeroshot.evaluate(rand, data_root, val, text, voxel, dev, classes)
+    r = zeroshot.evaluate(rand, data_root, val, text, voxel, dev, channels, classes)
     out.update({"zeroshot_miou_random": r["miou"], "zeroshot_accuracy_random": r["accuracy"],
                 "zeroshot_iou_random": r["iou"], "zeroshot_miou_majority_constant": r["miou_majority_constant"],
                 "zeroshot_accuracy_majority_constant": r["accuracy_majority_constant"]})
     del rand
     if variant in IMAGE_VARIANTS:
-        t = zeroshot.evaluate(model, data_root, val, text, voxel, dev, classes)
+        t = zeroshot.evaluate(model, data_root, val, text, voxel, dev, channels, classes)
         out.update({"zeroshot_miou": t["miou"], "zeroshot_accuracy": t["accuracy"], "zeroshot_iou": t["iou"],
                     "zeroshot_classes_evaluated": t["classes_evaluated"], "zeroshot_points": t["points"]})
     else:

@@ -19,10 +19,10 @@ def _voxel_keys(pos: np.ndarray, voxel_size: float) -> np.ndarray:
     return (cell[:, 0] << 42) | (cell[:, 1] << 21) | cell[:, 2]
 
 
-def _rotate_z(pos: np.ndarray, angle: float) -> np.ndarray:
+def _rotate_z(pos: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
     c, s = np.cos(angle), np.sin(angle)
     R = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], np.float32)
-    return pos @ R.T
+    return pos @ R.T, R
 
 
 class PairDataset(_Base):
@@ -61,16 +61,18 @@ class PairDataset(_Base):
         epoch, index = _split_key(key)
         si, a, b = self.items[index]
         rng = _seeded_rng(self.seed, epoch, index)
-        pos_a, x_a, _ = self._frame_cloud(si, a, rng)
-        pos_b, x_b, _ = self._frame_cloud(si, b, rng)
+        pos_a, x_a, _, geo_a = self._frame_cloud(si, a, rng)
+        pos_b, x_b, _, geo_b = self._frame_cloud(si, b, rng)
         _, ia, ib = np.intersect1d(_voxel_keys(pos_a, self.voxel_size), _voxel_keys(pos_b, self.voxel_size),
                                    assume_unique=False, return_indices=True)
         if len(ia) > self.num_matches:
             pick = np.sort(rng.choice(len(ia), self.num_matches, replace=False))
             ia, ib = ia[pick], ib[pick]
+        rot_a = rot_b = None
         if self.rotate:
-            pos_a = _rotate_z(pos_a, rng.uniform(0, 2 * np.pi))
-            pos_b = _rotate_z(pos_b, rng.uniform(0, 2 * np.pi))
+            pos_a, rot_a = _rotate_z(pos_a, rng.uniform(0, 2 * np.pi))
+            pos_b, rot_b = _rotate_z(pos_b, rng.uniform(0, 2 * np.pi))
+        x_a, x_b = self._x(x_a, geo_a, rot_a), self._x(x_b, geo_b, rot_b)
         return {"pos_a": pos_a, "x_a": x_a, "pos_b": pos_b, "x_b": x_b, "m_a": ia.astype(np.int64),
                 "m_b": ib.astype(np.int64), "name": self.name(index)}
 

@@ -33,29 +33,36 @@ import torch.nn.functional as F
 from ..geometry import project, voxelize
 from ..labels import IGNORE_LABEL
 from ..metrics import confusion_matrix, iou_from_confusion
+from ..point_features import channels_of, geometry_arrays
 from ..scene import Dataset, FrameDefect
 
 
-def voxel_cloud(xyz: np.ndarray, rgb: np.ndarray, voxel_size: float,
-                device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(voxel positions [V, 3], voxel colours in [0, 1] [V, 3], voxel of each point [N]) on ``device``."""
+def voxel_cloud(xyz: np.ndarray, rgb: np.ndarray, voxel_size: float, device,
+                channels: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(voxel positions [V, 3], the network input of the voxels [V, C] (their mean colour in [0, 1] and the other
+    ``channels``, :mod:`text4point.point_features`, computed on the voxels), voxel of each point [N]) on
+    ``device``."""
     pts = torch.as_tensor(np.asarray(xyz, np.float32), device=device)
     vpos, _, cluster = voxelize(pts, voxel_size)
     counts = torch.bincount(cluster, minlength=len(vpos)).float().unsqueeze(1)
     col = torch.as_tensor(np.asarray(rgb, np.float32) / 255.0, device=device)
     vx = torch.zeros_like(vpos).index_add_(0, cluster, col) / counts
+    if tuple(channels) != ("rgb",):
+        p = vpos.cpu().numpy()
+        feats = channels_of(channels, vx.cpu().numpy(), geometry_arrays(p, channels))
+        vx = torch.as_tensor(feats, device=device)
     return vpos, vx, cluster
 
 
 @torch.no_grad()
 def predict_points(model, xyz: np.ndarray, rgb: np.ndarray, text: torch.Tensor, voxel_size: float,
-                   device, upsample: str = "nearest") -> np.ndarray:
+                   device, channels: tuple[str, ...], upsample: str = "nearest") -> np.ndarray:
     """Zero-shot class of every point of one cloud (see the module docstring); ``model`` has ``clip_space``.
 
     ``upsample="interpolate"`` (a diagnostic, not the protocol) classifies each voxel by ``ĥ3D`` interpolated
     from its 3 nearest bottleneck points (inverse distance) instead of taking its nearest one's class.
     """
-    vpos, vx, cluster = voxel_cloud(xyz, rgb, voxel_size, device)
+    vpos, vx, cluster = voxel_cloud(xyz, rgb, voxel_size, device, channels)
     h_hat, encoded = model.clip_space(vx, vpos, None)
     t = F.normalize(text.to(device=device, dtype=torch.float32), dim=1)
     if upsample == "interpolate":
@@ -71,7 +78,7 @@ def predict_points(model, xyz: np.ndarray, rgb: np.ndarray, text: torch.Tensor, 
 
 @torch.no_grad()
 def evaluate(model, data_root: Path, scene_ids: list[str], text: torch.Tensor, voxel_size: float, device,
-             classes: list[str] | None = None, upsample: str = "nearest") -> dict:
+             channels: tuple[str, ...], classes: list[str] | None = None, upsample: str = "nearest") -> dict:
     """Zero-shot mIoU of ``model`` over ``scene_ids`` (typically the val split) of the dataset at ``data_root``.
 
     Returns ``{"miou", "accuracy", "iou": {class: IoU or None}, "classes_evaluated", "points", "scenes"}``.
@@ -88,7 +95,7 @@ def evaluate(model, data_root: Path, scene_ids: list[str], text: torch.Tensor, v
     try:
         for sid in scene_ids:
             cloud = ds.scene(sid).points()
-            pred = predict_points(model, cloud["xyz"], cloud["rgb"], text, voxel_size, device, upsample)
+            pred = predict_points(model, cloud["xyz"], cloud["rgb"], text, voxel_size, device, channels, upsample)
             conf += confusion_matrix(pred, cloud["semantic"], k)
             points += len(pred)
     finally:

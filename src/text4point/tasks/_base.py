@@ -44,6 +44,12 @@ class Task(abc.ABC):
     metrics: dict[str, str]          # metric key -> display name, in table order
     primary: str                     # the key of the metric the comparison tables rank by
     prediction_keys: tuple[str, ...]  # the per-scene arrays of ``predictions.npz``
+    free_rotation: bool = True       # training views may rotate by any angle about z (False: boxes stay aligned)
+
+    def decode_rows(self, encoded, index: Tensor | None) -> Tensor | None:
+        """The input points whose ``z3D`` the head needs (None: all): by default the training batch's supervised
+        subset ``index`` (``finetune.loss_points``; None at evaluation)."""
+        return index
 
     @abc.abstractmethod
     def head(self, in_dim: int, num_classes: int, ft: dict) -> nn.Module:
@@ -140,13 +146,34 @@ def num_clouds_of(batch: Tensor, num_clouds: int | None, name: str) -> int:
     return int(num_clouds)
 
 
-def semantic_loss(logits: Tensor, labels: Tensor, num_classes: int, name: str = "logits") -> Tensor:
-    """Mean cross-entropy over the points not labelled ``IGNORE_LABEL`` (0 when there is none)."""
+def semantic_loss(logits: Tensor, labels: Tensor, num_classes: int, name: str = "logits",
+                  weight: Tensor | None = None) -> Tensor:
+    """Mean cross-entropy over the points not labelled ``IGNORE_LABEL`` (0 when there is none), optionally with
+    per-class ``weight`` (``K``; the mean is then weighted, as ``F.cross_entropy`` does)."""
     check_features(logits, name, num_classes)
     labels = check_labels(labels, "labels", logits.size(0), num_classes)
     if not bool((labels != IGNORE_LABEL).any()):
         return zero_loss(logits)
-    return F.cross_entropy(logits, labels, ignore_index=IGNORE_LABEL)
+    return F.cross_entropy(logits, labels, weight=None if weight is None else weight.to(logits.device),
+                           ignore_index=IGNORE_LABEL)
+
+
+def class_balance_weights(labels, num_classes: int, power: float = 0.5) -> Tensor:
+    """Per-class loss weights ``w_c ∝ f_c^-power`` from label frequencies ``f_c`` (``IGNORE_LABEL`` skipped),
+    scaled so that ``Σ f_c w_c = 1`` (the loss keeps its scale); classes that never occur get weight 0."""
+    lab = torch.as_tensor(labels).reshape(-1).long()
+    lab = lab[lab != IGNORE_LABEL]
+    if lab.numel() == 0:
+        raise ValueError("labels: expected at least one labelled point, got none")
+    f = torch.bincount(lab, minlength=num_classes).double() / lab.numel()
+    w = torch.where(f > 0, f.clamp(min=1e-12) ** -float(power), torch.zeros_like(f))
+    return (w / (f * w).sum()).float()
+
+
+def rows_of(out: dict) -> Tensor | slice:
+    """The rows of the batch the head's outputs are for (``out["rows"]``; all when None)."""
+    rows = out.get("rows")
+    return slice(None) if rows is None else rows
 
 
 def zero_loss(t: Tensor) -> Tensor:

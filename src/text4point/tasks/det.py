@@ -20,18 +20,8 @@ from torch_geometric.utils import scatter
 from ..geometry import nms_3d
 from ..metrics import detection_ap
 from ..models.sampling import fps
-from ._base import (
-    Scorer,
-    Task,
-    check_batch,
-    check_features,
-    check_ids,
-    none_to_zero,
-    num_clouds_of,
-    seed_values,
-    top_view,
-    zero_loss,
-)
+from ._base import (Scorer, Task, check_batch, check_features, check_ids, none_to_zero, num_clouds_of, seed_values,
+                    top_view, zero_loss)
 
 DRAW_MIN_SCORE = 0.3  # predicted boxes drawn in the figures
 
@@ -411,6 +401,12 @@ class Det(Task):
     metrics = {"map25": "mAP@0.25", "map50": "mAP@0.5"}
     primary = "map25"
     prediction_keys = ("boxes", "box_classes", "box_scores")
+    free_rotation = False
+
+    def decode_rows(self, encoded, index):
+        """The seeds: the first set-abstraction level's points when the backbone says which input points they are
+        (``Encoded.samples``); else every point (the seeds then take their nearest point's ``z3D``)."""
+        return encoded.samples[0] if encoded.samples is not None else None
 
     def head(self, in_dim: int, num_classes: int, ft: dict) -> nn.Module:
         return DetectionHead(in_dim, num_classes, num_proposals=int(ft["det"]["num_proposals"]),
@@ -419,7 +415,7 @@ class Det(Task):
     def forward(self, head, z, encoded, pos, batch) -> dict:
         # seeds: the first set-abstraction level's points (a quarter of the voxels) carrying their z3D
         seed_pos, seed_batch = encoded.poss[1], encoded.batches[1]
-        seed_feat = seed_values(z, pos, batch, seed_pos, seed_batch)
+        seed_feat = z if encoded.samples is not None else seed_values(z, pos, batch, seed_pos, seed_batch)
         return {"det": head(seed_feat, seed_pos, seed_batch), "seed_pos": seed_pos, "seed_batch": seed_batch}
 
     def loss(self, head, out, batch) -> dict:

@@ -18,19 +18,8 @@ from torch_geometric.nn import MLP
 from torch_geometric.utils import scatter
 
 from ..metrics import instance_ap
-from ._base import (
-    Scorer,
-    Task,
-    check_batch,
-    check_features,
-    check_ids,
-    local_index,
-    none_to_zero,
-    num_clouds_of,
-    semantic_loss,
-    top_view,
-    zero_loss,
-)
+from ._base import (Scorer, Task, check_batch, check_features, check_ids, local_index, none_to_zero, num_clouds_of,
+                    rows_of, semantic_loss, top_view, zero_loss)
 
 
 class InstanceOutput(NamedTuple):
@@ -66,6 +55,7 @@ class InstanceHead(nn.Module):
         self.offset = MLP([self.in_dim, hidden, 3])
         self.weights = {"semantic": float(semantic_weight), "offset_l1": float(offset_weight),
                         "offset_dir": float(direction_weight)}
+        self.class_weights: Tensor | None = None  # optional per-class weights of the semantic loss
 
     def forward(self, z: Tensor) -> InstanceOutput:
         """Semantic logits (``N × K``) and offsets to the instance centre (``N × 3``, metres) of ``z``."""
@@ -90,7 +80,7 @@ class InstanceHead(nn.Module):
         check_features(sem_logits, "sem_logits", self.num_classes, n)
         check_features(offsets, "offsets", 3, n)
         check_ids(instances, "instances", n)
-        semantic = semantic_loss(sem_logits, labels, self.num_classes, "sem_logits")
+        semantic = semantic_loss(sem_logits, labels, self.num_classes, "sem_logits", weight=self.class_weights)
 
         valid = instances > 0
         if bool(valid.any()):
@@ -246,8 +236,8 @@ class InsSeg(Task):
         return {"head": head(z)}
 
     def loss(self, head, out, batch) -> dict:
-        o = out["head"]
-        return head.loss(batch.pos, batch.batch, o.sem_logits, o.offsets, batch.semantic, batch.instance)
+        o, r = out["head"], rows_of(out)
+        return head.loss(batch.pos[r], batch.batch[r], o.sem_logits, o.offsets, batch.semantic[r], batch.instance[r])
 
     def scorer(self, label_set, ft: dict) -> Scorer:
         return _InstanceScorer(label_set, ft)

@@ -9,7 +9,7 @@ from torch_geometric.nn import MLP
 
 from ..labels import IGNORE_LABEL
 from ..metrics import confusion_matrix, semantic_metrics
-from ._base import Scorer, Task, check_features, none_to_zero, semantic_loss, top_view
+from ._base import Scorer, Task, check_features, none_to_zero, rows_of, semantic_loss, top_view
 
 
 class SemanticHead(nn.Module):
@@ -31,6 +31,7 @@ class SemanticHead(nn.Module):
             self.classifier = MLP([self.in_dim, int(hidden_dim), self.num_classes], dropout=dropout)
         else:
             self.classifier = nn.Linear(self.in_dim, self.num_classes)
+        self.class_weights: Tensor | None = None  # optional per-class loss weights (_base.class_balance_weights)
 
     def forward(self, z: Tensor) -> Tensor:
         """Class logits (``N × K``) of the per-point features ``z`` (``N × in_dim``)."""
@@ -39,7 +40,7 @@ class SemanticHead(nn.Module):
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Mean cross-entropy over the points whose label is not ``IGNORE_LABEL`` (0 if there is none)."""
-        return semantic_loss(logits, labels, self.num_classes)
+        return semantic_loss(logits, labels, self.num_classes, weight=self.class_weights)
 
     @staticmethod
     def predict(logits: Tensor) -> Tensor:
@@ -79,7 +80,7 @@ class SemSeg(Task):
         return {"head": head(z)}
 
     def loss(self, head, out, batch) -> dict:
-        return {"loss": head.loss(out["head"], batch.semantic)}
+        return {"loss": head.loss(out["head"], batch.semantic[rows_of(out)])}
 
     def scorer(self, label_set, ft: dict) -> Scorer:
         return _SemanticScorer(label_set)
