@@ -74,7 +74,7 @@ def tiny_results(proj: Path) -> dict:
     import numpy as np
     import pandas as pd
 
-    out = {p.name: pd.read_csv(p).drop(columns=["mlflow runs"], errors="ignore")
+    out = {p.name: pd.read_csv(p).drop(columns=["mlflow_runs", "mlflow runs"], errors="ignore")
            for p in sorted((proj / "results/tables").glob("*.csv"))}
     with np.load(proj / "results/finetune/semseg/text4point/seed0-frac1.0/predictions.npz") as npz:
         out["predictions"] = {key: npz[key] for key in npz.files}

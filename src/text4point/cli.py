@@ -180,6 +180,18 @@ def cmd_show(args) -> None:
         print(p)
 
 
+def cmd_query(args) -> None:
+    from .pretrain.query import query
+    from .runtime import resolve_device
+
+    cfg = _load_params(args)
+    clip_ck = Path(args.clip_checkpoint) if cfg["clip"]["pretrained"] == "bootstrap" else None
+    out = Path(args.out_dir) if args.out_dir else Path("results/query") / Path(args.checkpoint).parent.name
+    for p in query(cfg, Path(args.checkpoint), Path(args.data), args.scene, list(args.text), out, clip_ck,
+                   resolve_device(args.device)):
+        print(p)
+
+
 def cmd_dvc_yaml(args) -> None:
     """Write dvc.yaml from the package's DAG, or (``--check``) fail in one line when the file is stale."""
     import yaml
@@ -288,6 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val")
     p.add_argument("--scenes", type=int, default=1)
     p.set_defaults(func=cmd_show)
+
+    p = with_params(sub.add_parser("query", help="score every point of a scene against free text through a "
+                                                 "pre-trained checkpoint's ĥ3D (PNG and per-point scores)"))
+    p.add_argument("text", nargs="+", help="one or more queries, e.g. \"a red chair\"")
+    p.add_argument("--checkpoint", required=True, help="a text4point or image_contrast pre-training checkpoint")
+    p.add_argument("--scene", required=True, help="scene id (any split)")
+    p.add_argument("--data", default="data/world", help="dataset root")
+    p.add_argument("--clip-checkpoint", default="models/clip/bootstrap.pt",
+                   help="the bootstrap CLIP (when clip.pretrained is bootstrap)")
+    p.add_argument("--out-dir", help="default results/query/<the checkpoint's directory name>")
+    p.add_argument("--device", help="cpu or cuda (default: CUDA when present)")
+    p.set_defaults(func=cmd_query)
 
     p = sub.add_parser("dvc-yaml", help="write dvc.yaml from the package's DAG (--check: fail when it is stale)")
     p.add_argument("--params", default="params.yaml", help="params.yaml (its keys decide which params DVC tracks)")

@@ -1,4 +1,4 @@
-"""Matplotlib helpers shared by the figure-drawing stages (``show``, ``figures``) and ``query``."""
+"""Matplotlib helpers shared by the figure-drawing stages (``show``, ``figures``) and ``pretrain.query``."""
 
 from __future__ import annotations
 
