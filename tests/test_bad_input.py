@@ -413,6 +413,24 @@ def _(c: Ctx) -> Bad:
 # ---------------------------------------------------------------- CLIP
 
 
+@fails("clip-split label image of another size than its colour image", "clip_bootstrap crops (library)")
+def _(c: Ctx) -> Bad:
+    from PIL import Image
+
+    from text4point.clip.crops import frame_crops
+    from text4point.scene import Dataset
+
+    world = c.world_copy()
+    label = world / "scenes" / "train_0000" / "label" / "0.png"
+    img = Image.open(label)
+    img.resize((img.width // 2, img.height // 2), Image.NEAREST).save(label)
+    ds = Dataset(world)
+    scene = ds.scene("train_0000")
+    cw, ch = scene.meta["color_size"]
+    return Bad(lambda: frame_crops(scene, 0, ds.label_set, 32, 20, 4, None),
+               E(f"{label}: expected {cw}x{ch} (the colour image's size), got {cw // 2}x{ch // 2}"))
+
+
 @fails("unknown CLIP model", "clip_features (CLI)")
 def _(c: Ctx) -> Bad:
     from text4point.clip.load import model_names_hint

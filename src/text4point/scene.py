@@ -331,10 +331,19 @@ class Scene:
         return a.astype(np.float32) / self.depth_shift
 
     def label(self, i: int) -> np.ndarray:
-        return read_image(self.frame_path("label", i))
+        """The frame's 2D semantic labels, at the colour image's size (another size is a one-line error)."""
+        return self._at_color_size(self.frame_path("label", i), read_image(self.frame_path("label", i)))
 
     def instance(self, i: int) -> np.ndarray:
-        return read_image(self.frame_path("instance", i), dtype=np.int32)
+        p = self.frame_path("instance", i)
+        return self._at_color_size(p, read_image(p, dtype=np.int32))
+
+    def _at_color_size(self, path: Path, a: np.ndarray) -> np.ndarray:
+        cw, ch = self.meta["color_size"]
+        if a.shape[:2] != (ch, cw):
+            raise InputError(f"{path}: expected {cw}x{ch} (the colour image's size), got "
+                             f"{a.shape[1] if a.ndim > 1 else '?'}x{a.shape[0]}")
+        return a
 
 
 def sampled_frames(num_frames: int, frame_skip: int) -> list[int]:

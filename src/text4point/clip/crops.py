@@ -156,8 +156,6 @@ def frame_crops(scene: Scene, frame: int, label_set: LabelSet, size: int, min_pi
     color = np.array(scene.color(frame))  # writable copy (torch.from_numpy)
     inst = scene.instance(frame)
     sem = scene.label(frame)
-    if inst.shape != color.shape[:2] or sem.shape != color.shape[:2]:
-        raise FrameDefect("bad_image_size", f"{scene.path}: frame {frame}: instance/label size differs from colour")
     ids, counts = np.unique(inst[inst > 0], return_counts=True)
     cand = []
     for k, n in zip(ids, counts):
