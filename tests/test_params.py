@@ -129,3 +129,17 @@ def test_a_variation_reruns_the_rules_its_params_change_and_what_reads_them():
         "clip_bootstrap", "clip_features", "pretrain", "finetune"}
     assert varied(table="paper_ablation", set={"correspondences": {"overlap_threshold": 0.5}}) == {
         "correspondences", "pretrain", "finetune"}
+
+
+def test_the_shipped_overlays_validate_on_top_of_params_yaml():
+    """configs/*.yaml are read as Snakemake reads them (--configfile: merged over params.yaml, then validated)."""
+    from text4point.params import _merge, read_file, validate
+
+    root = ROOT
+    base = read_file(root / "params.yaml")
+    scannet = validate(_merge(base, read_file(root / "configs" / "scannet.yaml")), source="configs/scannet.yaml")
+    assert scannet["data"]["source"] == "scannet" and scannet["clip"]["model"] == "ViT-B-16"
+    assert scannet["correspondences"]["voxel_size"] == 0.025 and scannet["finetune"]["steps"] == 20000
+    conv = validate(_merge(base, read_file(root / "configs" / "convergence.yaml")), source="configs/convergence.yaml")
+    assert set(conv["variations"]) == set(base["variations"]) | {"steps_x3"}
+    assert conv["variations"]["steps_x3"]["scale"] == {"finetune.steps": 3}
