@@ -2,6 +2,7 @@ import copy
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,9 @@ def project_copy(dst: Path, params_file: Path = TINY) -> Path:
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / f)
     shutil.copy(params_file, dst / "params.yaml")
+    # dvc.yaml is generated from params.yaml (its variations decide the variations stage's outputs)
+    subprocess.run([sys.executable, "-m", "text4point.cli", "dvc-yaml", "--params", str(dst / "params.yaml"),
+                    "--out", str(dst / "dvc.yaml")], check=True, capture_output=True)
     env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
                GIT_COMMITTER_EMAIL="t@t")
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):

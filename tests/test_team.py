@@ -207,4 +207,5 @@ def test_a_second_clone_pulls_every_artifact_and_recomputes_nothing(tiny_run, tm
     assert "Nothing to be done" in dry, dry[-3000:]
     params = (b / "params.yaml").read_text()
     (b / "params.yaml").write_text(params.replace("  steps: 1\n  max_points: 3000", "  steps: 2\n  max_points: 3000"))
-    assert _dry_run_jobs(b, env) == {"finetune": 6, "tables": 1, "figures": 1, "all": 1}
+    # the variation's job (tiny.yaml: no_tqm, semseg/text4point) takes the default steps too
+    assert _dry_run_jobs(b, env) == {"finetune": 6, "finetune_variation": 1, "tables": 1, "figures": 1, "all": 1}

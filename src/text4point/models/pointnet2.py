@@ -17,6 +17,8 @@ variety.
 
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Sequence
 
 import torch
@@ -63,8 +65,11 @@ def interpolate(x: Tensor, pos: Tensor, pos_fine: Tensor, batch: Tensor, batch_f
         row, col = torch_cluster.knn(pos, pos_fine, k, batch, batch_fine)  # row: fine point, col: coarse point
         w = 1.0 / (pos[col] - pos_fine[row]).pow(2).sum(1).clamp(min=1e-16)
         w = w / torch.zeros(pos_fine.size(0), dtype=w.dtype, device=w.device).index_add_(0, row, w)[row]
-        W = torch.sparse_coo_tensor(torch.stack([row, col]), w.to(x.dtype), (pos_fine.size(0), x.size(0)))
-        W = W.coalesce().to_sparse_csr()
+        W = torch.sparse_coo_tensor(torch.stack([row, col]), w.to(x.dtype), (pos_fine.size(0), x.size(0)),
+                                    check_invariants=False)  # built from knn's indices: valid by construction
+        with warnings.catch_warnings():  # torch's "CSR support is in beta" notice, once per process, on stderr
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            W = W.coalesce().to_sparse_csr()
     return torch.sparse.mm(W, x)
 
 
