@@ -153,3 +153,21 @@ def pt_inputs(tmp_path_factory, tiny_params, tiny_world) -> dict:
     feat = root / "feat"
     features.run_stage(cfg, tiny_world, feat, "cpu", progress=False)
     return {"cfg": cfg, "world": tiny_world, "corr": corr, "feat": feat, "root": root}
+
+
+@pytest.fixture(scope="session")
+def one_epoch_checkpoints(pt_inputs, tmp_path_factory) -> dict:
+    """``{"cfg", "ckpts": {variant: path}}``: one-epoch pre-training checkpoints (text4point, pointcontrast) of the
+    tiny world, shared by the modules that need a pre-trained network."""
+    from text4point.pretrain import PretrainJob, run_stage
+
+    root = tmp_path_factory.mktemp("one_epoch")
+    cfg = copy.deepcopy(pt_inputs["cfg"])
+    cfg["pretrain"]["epochs"] = 1
+    ckpts = {}
+    for variant in ("text4point", "pointcontrast"):
+        run_stage(PretrainJob(cfg, pt_inputs["world"], pt_inputs["corr"], pt_inputs["feat"], variant,
+                              root / variant / "checkpoint.pt", progress=False, zeroshot_eval=False, track=False),
+                  "cpu")
+        ckpts[variant] = root / variant / "checkpoint.pt"
+    return {"cfg": cfg, "ckpts": ckpts}

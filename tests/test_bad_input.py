@@ -41,19 +41,12 @@ BACKBONE = {"name": "pointnet2", "width": _TINY["width"], "bottleneck_dim": _TIN
 
 
 @pytest.fixture(scope="module")
-def checkpoints(pt_inputs, tmp_path_factory) -> dict:
+def checkpoints(one_epoch_checkpoints, tmp_path_factory) -> dict:
     """One-epoch pre-training checkpoints (pointcontrast, text4point) of the tiny world and a second random CLIP."""
     from text4point.clip.load import build_model
-    from text4point.pretrain import PretrainJob, run_stage
 
     root = tmp_path_factory.mktemp("bad_input_ck")
-    cfg = copy.deepcopy(pt_inputs["cfg"])
-    cfg["pretrain"]["epochs"] = 1
-    out = {}
-    for variant in ("pointcontrast", "text4point"):
-        run_stage(PretrainJob(cfg, pt_inputs["world"], pt_inputs["corr"], pt_inputs["feat"], variant,
-                              root / variant / "ck.pt", progress=False, zeroshot_eval=False, track=False), "cpu")
-        out[variant] = root / variant / "ck.pt"
+    out = dict(one_epoch_checkpoints["ckpts"])
     out["other_clip"] = root / "other_clip.pt"
     with torch.random.fork_rng():
         torch.manual_seed(123)

@@ -16,20 +16,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def ft_inputs(pt_inputs, tmp_path_factory) -> dict:
+def ft_inputs(pt_inputs, one_epoch_checkpoints, tmp_path_factory) -> dict:
     """pt_inputs plus a 1-epoch text4point and pointcontrast pre-training checkpoint."""
-    from text4point.pretrain import PretrainJob, run_stage
-
-    root = tmp_path_factory.mktemp("ft")
-    cfg = copy.deepcopy(pt_inputs["cfg"])
-    cfg["pretrain"]["epochs"] = 1
+    cfg = copy.deepcopy(one_epoch_checkpoints["cfg"])
     cfg["finetune"]["steps"] = 2  # tests/configs/tiny.yaml's fine-tuning, two steps
-    ckpts = {}
-    for variant in ("text4point", "pointcontrast"):
-        run_stage(PretrainJob(cfg, pt_inputs["world"], pt_inputs["corr"], pt_inputs["feat"], variant,
-                              root / variant / "ck.pt", progress=False, zeroshot_eval=False, track=False), "cpu")
-        ckpts[variant] = root / variant / "ck.pt"
-    return {**pt_inputs, "cfg": cfg, "ckpts": ckpts, "root": root}
+    return {**pt_inputs, "cfg": cfg, "ckpts": one_epoch_checkpoints["ckpts"], "root": tmp_path_factory.mktemp("ft")}
 
 
 def _finetune(ft_inputs, task, init, **kw):

@@ -1,6 +1,5 @@
 """`text4point query`: free-text scores of every point of a scene through a pre-trained ĥ3D."""
 
-import copy
 import subprocess
 import sys
 
@@ -12,19 +11,8 @@ from text4point.errors import InputError
 
 
 @pytest.fixture(scope="module")
-def checkpoints(pt_inputs, tmp_path_factory):
-    from text4point.pretrain import PretrainJob, run_stage
-
-    root = tmp_path_factory.mktemp("query")
-    cfg = copy.deepcopy(pt_inputs["cfg"])
-    cfg["pretrain"]["epochs"] = 1
-    out = {}
-    for variant in ("text4point", "pointcontrast"):
-        run_stage(PretrainJob(cfg, pt_inputs["world"], pt_inputs["corr"], pt_inputs["feat"], variant,
-                              root / variant / "checkpoint.pt", progress=False, zeroshot_eval=False, track=False),
-                  "cpu")
-        out[variant] = root / variant / "checkpoint.pt"
-    return {**pt_inputs, "cfg": cfg, "ckpts": out, "root": root}
+def checkpoints(pt_inputs, one_epoch_checkpoints):
+    return {**pt_inputs, **one_epoch_checkpoints}
 
 
 def test_query_scores_every_point_by_the_zero_shot_protocol(checkpoints, tmp_path):
