@@ -258,35 +258,26 @@ def _finetune_deps(data: list[str]) -> list[str]:
     return [d.replace(one, f"src/{PACKAGE}/tasks/${{item.task}}.py") for d in _deps("finetune", data, first)]
 
 
-def _variation_deps(params_yaml: dict, data: list[str]) -> list[str]:
-    """The variations stage's deps: the rule files and the code of every rule a variation reruns, for the tasks
-    its fine-tuning jobs run (a change to another task's module does not make the stage stale)."""
+def _variations_stage(params_yaml: dict, data: list[str]) -> tuple[list[str], list[str]]:
+    """The variations stage's (deps, outs) from the variations in ``params_yaml``. Deps: the rule files and the
+    code of every rule a variation reruns, for the tasks its fine-tuning jobs run (a change to another task's
+    module does not make the stage stale). Outs: their fine-tuning jobs, and their own models only when one of
+    them reruns an upstream stage (DVC refuses an output that the DAG never makes); none without variations."""
     import copy
 
     from .params import validate
 
     cfg = validate(copy.deepcopy(params_yaml))
-    out = list(data)
+    deps, upstream = list(data), False
     for name, v in cfg["variations"].items():
-        for rule in sorted(varied_rules(cfg, name)):
+        rules = varied_rules(cfg, name)
+        upstream |= bool(rules - {"finetune"})
+        for rule in sorted(rules):
             for task in (v["tasks"] if rule == "finetune" else [None]):
-                out += [f"workflow/rules/{RULE_FILES[rule]}.smk", "workflow/rules/common.smk",
-                        *code_files(rule, task)]
-    return list(dict.fromkeys(out))
-
-
-def _variation_outs(params_yaml: dict) -> list[str]:
-    """What the variations make: their fine-tuning jobs, and their own models only when one of them reruns an
-    upstream stage (DVC refuses an output that the DAG never makes)."""
-    import copy
-
-    from .params import validate
-
-    cfg = validate(copy.deepcopy(params_yaml))
-    if not cfg["variations"]:
-        return []
-    upstream = any(varied_rules(cfg, name) - {"finetune"} for name in cfg["variations"])
-    return ["models/variations", "results/variations"] if upstream else ["results/variations"]
+                deps += [f"workflow/rules/{RULE_FILES[rule]}.smk", "workflow/rules/common.smk",
+                         *code_files(rule, task)]
+    outs = (["models/variations"] if upstream else []) + (["results/variations"] if cfg["variations"] else [])
+    return list(dict.fromkeys(deps)), outs
 
 
 def dvc_yaml(params_yaml: dict) -> str:
@@ -330,8 +321,8 @@ def dvc_yaml(params_yaml: dict) -> str:
                           [f"{job}/predictions.npz"], [f"{job}/metrics.json"],
                           matrix={"task": "${finetune.tasks}", "init": "${finetune.inits}",
                                   "seed": "${finetune.seeds}", "frac": "${finetune.label_fractions}"}),
-        "variations": stage("finetune", "variations", _variation_deps(params_yaml, [data, "results/metrics/pretrain"]),
-                            _variation_outs(params_yaml)),
+        "variations": stage("finetune", "variations",
+                            *_variations_stage(params_yaml, [data, "results/metrics/pretrain"])),
         "tables": stage("tables", "all", _deps("tables", ["results/finetune"]) + [
             f for f in code_files("figures") if f not in code_files("tables")],
             ["results/figures/finetune", ".snakemake/metadata"]),

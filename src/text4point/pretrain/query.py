@@ -31,8 +31,9 @@ from ..scene import Dataset
 
 
 def _model(cfg: dict, ck: dict, path: Path):
-    from .model import Text4PointModel
-    from ..models import backbone_from_params
+    """The checkpoint's network (its architecture and input channels from its metadata) in eval mode, and the
+    channels."""
+    from .engine import build_model
 
     meta = ck.get("meta") or {}
     variant = meta.get("variant")
@@ -40,15 +41,13 @@ def _model(cfg: dict, ck: dict, path: Path):
         raise InputError(f"{path}: pre-training variant {variant!r} has no CLIP-space head (ĥ3D); query needs one "
                          f"of {list(IMAGE_VARIANTS)}")
     bb = meta.get("backbone") or {}
-    pc = {**cfg["pretrain"], "backbone": bb.get("name"), **{k: bb[k] for k in ("width", "bottleneck_dim", "out_dim",
-                                                                                "channels", "radii", "max_neighbors")
-                                                             if k in bb}}
+    pc = {**cfg["pretrain"], "backbone": bb.get("name"),
+          **{k: bb[k] for k in ("width", "bottleneck_dim", "out_dim", "channels", "radii", "max_neighbors") if k in bb}}
     clip_dim = int(meta.get("clip_dim") or 0)
-    state = ck["model"]
     # the TQM's class embeddings are a non-persistent buffer that ĥ3D does not read: a placeholder stands in
     text = torch.zeros(1, clip_dim) if variant == "text4point" else None
-    model = Text4PointModel(backbone_from_params(pc), clip_dim, text, variant, pc)
-    load_weights(model, state, path)
+    model = build_model({**cfg, "pretrain": pc}, variant, clip_dim, text)
+    load_weights(model, ck["model"], path)
     return model.eval(), tuple(pc["channels"])
 
 
