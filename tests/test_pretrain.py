@@ -44,7 +44,7 @@ def _batch(pt_inputs, variant: str):
     cfg = pt_inputs["cfg"]
     fc = load_features(pt_inputs["feat"], clip_identity(cfg, pt_inputs["feat"], None))
     ds = build_dataset(variant, pt_inputs["corr"], pt_inputs["world"], fc, Dataset(pt_inputs["world"]).split("train"),
-                       cfg["pretrain"], 0, cross_frame=True)
+                       {**cfg["pretrain"], "cross_frame": True}, 0)
     collate = collate_for(variant)
     text = torch.as_tensor(fc.text()["scannet20"]["prompt_embeddings"]).float()
     return collate([ds[(0, i)] for i in range(min(3, len(ds)))]), text
@@ -310,3 +310,21 @@ def test_zeroshot_evaluate_tiny_world(pt_inputs):
             ious.append(tp / union)
     assert r["miou"] == pytest.approx(float(np.mean(ious)))
     assert r["accuracy"] == pytest.approx(float(np.mean(pred[keep] == gt[keep])))
+
+
+def test_cross_frame_param_adds_the_overlapping_frames_images_as_match_sources(pt_inputs):
+    """pretrain.cross_frame: a frame's points are also matched with the images of the frames that overlap it."""
+    from text4point.clip.cache import load_features
+    from text4point.pretrain.data import build_dataset
+    from text4point.pretrain.engine import clip_identity
+    from text4point.scene import Dataset
+
+    cfg = pt_inputs["cfg"]
+    fc = load_features(pt_inputs["feat"], clip_identity(cfg, pt_inputs["feat"], None))
+    ids = Dataset(pt_inputs["world"]).split("train")
+    own, cross = (build_dataset("text4point", pt_inputs["corr"], pt_inputs["world"], fc, ids,
+                                {**cfg["pretrain"], "cross_frame": on}, 0) for on in (False, True))
+    n_own = sum(len(q) for src in own.sources for q in src.values())
+    n_cross = sum(len(q) for src in cross.sources for q in src.values())
+    assert n_own == sum(len(src) for src in own.sources)    # one source per frame: its own image
+    assert n_cross > n_own

@@ -346,8 +346,9 @@ def collate_frames(samples: list[dict]) -> FrameBatch:
 
 
 def build_dataset(variant: str, corr_dir: Path, data_root: Path, features: FeatureCache | None,
-                  scene_ids: list[str], pcfg: dict, seed: int, cross_frame: bool = False) -> _Base:
-    """The dataset of ``variant`` from the ``pretrain`` params section ``pcfg``."""
+                  scene_ids: list[str], pcfg: dict, seed: int) -> _Base:
+    """The dataset of ``variant`` from the ``pretrain`` params section ``pcfg`` (``cross_frame``: image-variant
+    matches also from overlapping frames' images)."""
     if variant in PAIR_VARIANTS:
         from .pairs import PairDataset
 
@@ -358,7 +359,7 @@ def build_dataset(variant: str, corr_dir: Path, data_root: Path, features: Featu
         raise InputError(f"pretrain variant {variant}: needs the clip_features output (none was given)")
     else:
         data = FrameDataset(corr_dir, data_root, features, scene_ids, pcfg["max_points"], pcfg["num_matches"], seed,
-                            cross_frame=cross_frame)
+                            cross_frame=bool(pcfg["cross_frame"]))
     data.channels = check_channels(pcfg["channels"], "pretrain.channels")
     return data
 

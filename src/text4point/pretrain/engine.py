@@ -27,8 +27,7 @@ The final ``out_checkpoint`` (written atomically) holds ``{"model": state_dict, 
 also being the MLflow artifact: format, variant, backbone config, CLIP identity, label set, epochs, steps,
 params and their hash, git commit, sha256 of the weights.
 
-Not every knob is in ``params.yaml`` yet: ``cross_frame`` (matches of overlapping frames' images, default
-off), ``log_every`` and ``zeroshot`` are fields of :class:`PretrainJob`.
+``log_every`` and ``zeroshot_eval`` are fields of :class:`PretrainJob`, not params.
 """
 
 from __future__ import annotations
@@ -174,7 +173,6 @@ class PretrainJob:
     out_checkpoint: Path
     checkpoint_dir: Path | None = None
     clip_checkpoint: Path | None = None
-    cross_frame: bool = False
     log_every: int = 10
     zeroshot_eval: bool = True
     track: bool = True
@@ -233,7 +231,7 @@ def _run(job: PretrainJob, dist: Dist, t_start: float) -> dict:
         clip_dim = int(text.shape[1])
 
     dataset = build_dataset(variant, job.corr_dir, job.data_root, features, ds.split("train", nonempty=True), pc,
-                            seed, cross_frame=job.cross_frame)
+                            seed)
     loader, sampler, generator = make_loader(dataset, collate_for(variant), int(pc["batch_size"]), int(pc["workers"]),
                                              seed, dev, dist.rank, dist.world)
     steps_per_epoch = len(loader)
@@ -245,10 +243,9 @@ def _run(job: PretrainJob, dist: Dist, t_start: float) -> dict:
     backbone = {"name": pc["backbone"], "width": int(pc["width"]), "bottleneck_dim": int(pc["bottleneck_dim"]),
                 "out_dim": int(pc["out_dim"]), "in_channels": num_channels(pc["channels"]),
                 "channels": list(pc["channels"])}
-    train_params = {"seed": seed, "cross_frame": bool(job.cross_frame),
-                    **{k: v for k, v in pc.items() if k not in RESUME_FREE}}
+    train_params = {"seed": seed, **{k: v for k, v in pc.items() if k not in RESUME_FREE}}
     logged_params = {k: cfg[k] for k in ("seed", "clip", "correspondences", "pretrain") if k in cfg}
-    logged_params = {**logged_params, "variant": variant, "cross_frame": bool(job.cross_frame)}
+    logged_params = {**logged_params, "variant": variant}
     phash = P.params_hash(logged_params)
     commit = tracking.git_commit()
 
