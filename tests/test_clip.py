@@ -25,7 +25,7 @@ from text4point.clip import dense as clip_dense
 from text4point.clip.load import load_clip
 from text4point.errors import InputError
 from text4point.fsutil import sha256_file
-from text4point.labels import LABEL_SETS, SCANNET20
+from text4point.labels import IGNORE_LABEL, LABEL_SETS, SCANNET20
 from text4point.scene import Dataset, Scene, sampled_frames
 
 CPU = torch.device("cpu")
@@ -201,6 +201,28 @@ def test_region_maps_give_each_instance_its_share_of_every_feature_cell(tmp_path
         np.testing.assert_allclose(region.astype(np.float32), expected, atol=1e-3)
 
 
+def test_cell_classes_are_the_pixel_label_fractions_of_the_cells_the_features_stage_maps_pixels_to():
+    """The dense term's targets: each cell's class make-up is counted over exactly the colour pixels that
+    ``pixel_to_cell`` (the features stage's and the evaluation's mapping) sends to it; unlabelled pixels count
+    for no class, so a cell's fractions sum to its labelled share."""
+    rng = np.random.default_rng(0)
+    sem = rng.integers(0, 4, size=(242, 324)).astype(np.uint8)
+    sem[:30, :50] = IGNORE_LABEL
+    handle = SimpleNamespace(patch_size=8, image_size=(48, 48), embed_dim=128)
+    size = clip_dense.dense_input_size(handle, (324, 242), 4.0)
+    assert size == (192, 256)
+    grid = clip_dense.grid_geometry(handle, (324, 242), size)
+    cells = crops.cell_classes(sem, 4, size, tuple(grid["grid"]))
+    assert cells.shape == (24, 32, 4) and cells.dtype == np.float16
+    v, u = np.mgrid[0:242, 0:324]
+    row, col = clip_dense.pixel_to_cell(u, v, grid)
+    for r, c in ((0, 0), (5, 17), (23, 31)):
+        inside = (row == r) & (col == c)
+        want = [(sem[inside] == k).mean() for k in range(4)]
+        np.testing.assert_allclose(cells[r, c].astype(np.float32), want, atol=2e-3)
+    assert cells[0, 0].sum() == 0 and abs(float(cells[10, 10].astype(np.float32).sum()) - 1) < 2e-3
+
+
 def test_bootstrap_learns_image_text_alignment_that_holds_on_unseen_scenes(tiny_params, tmp_path):
     """Where accuracy is meaningful in a fast test: a world whose classes are easy to see (one colour per
     class), 20 epochs (60 steps). Zero-shot top-1 on the held-out val scene's crops, against the class-name
@@ -208,13 +230,15 @@ def test_bootstrap_learns_image_text_alignment_that_holds_on_unseen_scenes(tiny_
     about 0.45 (observed: 0.95). Dense features must label more than 0.4 of the val pixels right (observed:
     0.72). The default world's own numbers come from the stage's metrics (see the module docstring)."""
     root = _colour_world(tmp_path / "world")
-    cfg = _cfg(tiny_params, epochs=20, min_crop_pixels=100)
+    cfg = _cfg(tiny_params, epochs=20, min_crop_pixels=100, dense_frames=4)
     m = bootstrap.run_stage(cfg, root, tmp_path / "b.pt", CPU, progress=False)
     assert m["crops_train"] >= 50 and m["crops_val"] >= 15
     assert m["loss_history"][-1] < m["loss_history"][0] - 0.5
     assert m["zero_shot_chance"] == pytest.approx(0.05)
     assert m["zero_shot_top1"] >= 0.6 > m["zero_shot_majority_baseline"]
     assert m["dense_pixel_accuracy"] > 0.4
+    assert m["dense_loss_history"][-1] < m["dense_loss_history"][0]  # the dense term (clip.bootstrap.dense_frames)
+    assert m["dense_miou"] > m["dense_majority_miou_baseline"]
 
 
 # ---------------------------------------------------------------- dense features

@@ -34,13 +34,13 @@ from open_clip.loss import ClipLoss
 
 from ..errors import InputError
 from ..fsutil import atomic_path
-from ..labels import IGNORE_LABEL, LabelSet
+from ..labels import LabelSet
 from ..runtime import seed_everything
 from ..scene import Dataset, FrameDefect
 from ..training import Hook, Trainer, TrainJob, make_optimizer, warmup_cosine
 from .crops import EXTRA_TEMPLATES, caption, collect_crops, color_name
-from .dense import (decode_color, dense_features, dense_forward, dense_input_size, grid_geometry, pixel_to_cell,
-                    template_mean, text_embeddings)
+from .dense import (DENSE_SCALE, decode_color, dense_features, dense_forward, dense_input_size, grid_geometry,
+                    pixel_to_cell, template_mean, text_embeddings)
 from .load import ClipHandle, build_model, check_model_name, normalize_images, wrap_model
 
 STORE_SCALE = 4 / 3  # train crops are stored this much larger than the model input (random windows per step)
@@ -116,6 +116,30 @@ def _region_loss(model, handle_like, frame_images, regions, region_frame, region
     return loss_fn(F.normalize(pooled, dim=-1), txt_f, model.logit_scale.exp())
 
 
+def _dense_loss(model, handle_like, frame_images, cells, picked, class_weights, label_set, templates, rng, tokens,
+                device) -> torch.Tensor:
+    """The dense term (LSeg's objective, Li et al. 2022): every dense cell of the ``picked`` whole frames is
+    classified against the text embeddings of captions of *all* the label set's classes (one random caption
+    per class and step: templates and synonyms, no colour words), cross-entropy against the cell's class
+    make-up (``cells``: the fraction of its pixels of each class), with CLIP's learnt temperature. Classes are
+    weighted by ``class_weights`` (inverse square root of their pixel frequency, mean 1). Frames are flipped
+    horizontally at random. Each cell's feature becomes its own pixels' class in the joint space, which is
+    what the frozen read-out gives pre-training."""
+    sel = torch.as_tensor(picked)
+    x = frame_images[sel].permute(0, 3, 1, 2).float().div_(255.0)
+    target = cells[sel].float()  # [F, gh, gw, K]
+    flip = torch.from_numpy(rng.random(len(picked)) < 0.5)
+    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    target = torch.where(flip.view(-1, 1, 1, 1), target.flip(2), target).to(device)
+    x = normalize_images(x.to(device), handle_like["mean"], handle_like["std"])
+    dense = F.normalize(dense_forward(model, handle_like["kind"], x), dim=-1)  # [F, gh, gw, d]
+    texts = [caption(rng, c, None, templates) for c in label_set.classes]
+    txt = model.encode_text(tokens(texts).to(device), normalize=True)  # [K, d]
+    logp = F.log_softmax(model.logit_scale.exp() * dense @ txt.T, dim=-1)
+    target = target * class_weights.to(device)
+    return -(target * logp).sum() / target.sum().clamp_min(1e-6)
+
+
 class _ClampLogitScale(Hook):
     """CLIP's clamp of the learnt temperature after every step: ``log τ⁻¹ ∈ [0, log 100]``."""
 
@@ -160,11 +184,21 @@ def train(model: torch.nn.Module, handle_like: dict, data: dict, label_set: Labe
                 token_cache[t] = row
         return torch.stack([token_cache[t] for t in texts])
 
-    region_frames = int(bcfg["region_frames"])
+    region_frames, dense_frames = int(bcfg["region_frames"]), int(bcfg["dense_frames"])
     frame_images = data.get("frame_images")
-    use_regions = region_frames > 0 and frame_images is not None and len(frame_images) > 0
-    if use_regions:
+    have_frames = frame_images is not None and len(frame_images) > 0
+    use_regions = region_frames > 0 and have_frames
+    use_dense = dense_frames > 0 and have_frames
+    if have_frames:
         frame_images = torch.from_numpy(frame_images)
+    if use_dense:
+        cells = torch.from_numpy(data["cells"])
+        pixels = cells.float().sum(dim=(0, 1, 2))
+        class_weights = torch.where(pixels > 0, pixels.clamp_min(1e-6) ** -BALANCE_POWER, torch.zeros(()))
+        class_weights = class_weights / (class_weights * pixels).sum() * pixels.sum()  # pixel-weighted mean 1
+        dense_rows = np.nonzero(cells.float().sum(dim=(1, 2, 3)).numpy() > 0)[0]
+        use_dense = len(dense_rows) > 0
+    if use_regions:
         regions = torch.from_numpy(data["regions"].astype(np.float32))
         region_frame = data["region_frame"]
         regions_of = [np.nonzero(region_frame == f)[0] for f in range(len(frame_images))]
@@ -187,12 +221,18 @@ def train(model: torch.nn.Module, handle_like: dict, data: dict, label_set: Labe
         img_f = model.encode_image(x, normalize=True)
         txt_f = model.encode_text(t, normalize=True)
         loss = loss_fn(img_f, txt_f, model.logit_scale.exp())
-        if not use_regions:
-            return {"loss": loss}
-        fr = rng.choice(with_regions, size=min(region_frames, len(with_regions)), replace=False)
-        loss_r = _region_loss(model, handle_like, frame_images, regions, region_frame, regions_of, fr, label_set,
-                              classes, names, templates, rng, tokens, loss_fn, device)
-        return {"loss": loss + loss_r, "crop": loss, "region": loss_r}
+        out = {"loss": loss, "crop": loss}
+        if use_regions:
+            fr = rng.choice(with_regions, size=min(region_frames, len(with_regions)), replace=False)
+            out["region"] = _region_loss(model, handle_like, frame_images, regions, region_frame, regions_of, fr,
+                                         label_set, classes, names, templates, rng, tokens, loss_fn, device)
+            out["loss"] = out["loss"] + out["region"]
+        if use_dense:
+            fr = rng.choice(dense_rows, size=min(dense_frames, len(dense_rows)), replace=False)
+            out["dense"] = _dense_loss(model, handle_like, frame_images, cells, fr, class_weights, label_set,
+                                       templates, rng, tokens, device)
+            out["loss"] = out["loss"] + float(bcfg["dense_weight"]) * out["dense"]
+        return out
 
     job = TrainJob(name="clip bootstrap", stage="clip_bootstrap", steps=total, steps_per_epoch=steps_per_epoch,
                    schedule=warmup_cosine(bcfg["lr"], total, warmup), log_every=steps_per_epoch, progress=progress)
@@ -201,8 +241,10 @@ def train(model: torch.nn.Module, handle_like: dict, data: dict, label_set: Labe
     model.eval()
     history = [row["loss"] for row in trainer.epochs]
     region_history = [row["region"] for row in trainer.epochs if "region" in row]
+    dense_history = [row["dense"] for row in trainer.epochs if "dense" in row]
     return {"loss_history": [round(v, 4) for v in history], "steps": total, "batch_size": bs,
             "region_loss_history": [round(v, 4) for v in region_history],
+            "dense_loss_history": [round(v, 4) for v in dense_history],
             "train_templates": len(templates), "logit_scale": round(model.logit_scale.detach().exp().item(), 3)}
 
 
@@ -235,17 +277,22 @@ def zero_shot(handle: ClipHandle, data: dict, label_set: LabelSet, templates, ba
 
 @torch.no_grad()
 def dense_zero_shot(handle: ClipHandle, data_root: Path, split: str, label_set: LabelSet, templates,
-                    every: int = DENSE_EVAL_EVERY, input_size: tuple[int, int] | None = None) -> dict:
-    """Pixel accuracy of dense zero-shot labels (each colour pixel gets its cell's class) on ``split`` frames."""
+                    every: int = DENSE_EVAL_EVERY, input_size: tuple[int, int] | None = None,
+                    dense_scale: float = DENSE_SCALE) -> dict:
+    """Dense zero-shot labels of ``split`` frames scored per labelled colour pixel (each pixel gets its cell's
+    class, the cell's feature against the template-averaged class text embeddings): pixel accuracy, mean
+    class accuracy and mIoU (over the classes present in the ground truth or predicted), with the
+    constant-majority-class baselines; frames at the dense input size of ``dense_scale`` unless ``input_size``."""
     ds = Dataset(data_root)
     classifier = template_mean(text_embeddings(handle, label_set.classes, templates))
     k = len(label_set.classes)
-    correct = np.zeros(k)
-    total = np.zeros(k)
+    conf = np.zeros((k, k), np.int64)
+    grid_shape = None
     for sid in ds.split(split):
         scene = ds.scene(sid)
-        size = input_size or dense_input_size(handle, scene.meta["color_size"])
+        size = input_size or dense_input_size(handle, scene.meta["color_size"], dense_scale)
         grid = grid_geometry(handle, scene.meta["color_size"], size)
+        grid_shape = grid["grid"]
         for f in scene.frame_ids[::every]:
             try:
                 color, sem = decode_color(scene, f, size), scene.label(f)  # decoded as the features stage does
@@ -255,15 +302,24 @@ def dense_zero_shot(handle: ClipHandle, data_root: Path, split: str, label_set: 
             cell_pred = (F.normalize(feats, dim=-1) @ classifier.T).argmax(-1).cpu().numpy()
             v, u = np.mgrid[0:sem.shape[0], 0:sem.shape[1]]
             pred = cell_pred[pixel_to_cell(u, v, grid)]
-            valid = sem != IGNORE_LABEL
-            gt, pr = sem[valid].astype(np.int64), pred[valid]
-            total += np.bincount(gt, minlength=k)[:k]
-            correct += np.bincount(gt[gt == pr], minlength=k)[:k]
+            valid = sem < k
+            conf += np.bincount(sem[valid].astype(np.int64) * k + pred[valid], minlength=k * k).reshape(k, k)
+    total, correct = conf.sum(1), np.diag(conf)
+    union = total + conf.sum(0) - correct
+    seen = union > 0
     present = total > 0
-    return {"pixel_accuracy": round(float(correct.sum() / max(total.sum(), 1)), 4),
-            "majority_pixel_baseline": round(float(total.max() / max(total.sum(), 1)), 4),
+    n = max(int(total.sum()), 1)
+    majority = int(total.argmax())
+    maj_iou = total[majority] / n  # IoU of the constant "majority" labelling, other present classes 0
+    return {"pixel_accuracy": round(float(correct.sum() / n), 4),
+            "majority_pixel_baseline": round(float(total.max() / n), 4),
             "mean_class_pixel_accuracy": round(float((correct[present] / total[present]).mean()), 4)
-            if present.any() else 0.0}
+            if present.any() else 0.0,
+            "miou": round(float((correct[seen] / union[seen]).mean()), 4) if seen.any() else 0.0,
+            "majority_miou_baseline": round(float(maj_iou / max(int(present.sum()), 1)), 4),
+            "per_class_iou": {label_set.classes[c]: round(float(correct[c] / union[c]), 4) for c in range(k)
+                              if seen[c]},
+            "grid": list(grid_shape) if grid_shape else None, "pixels": int(total.sum())}
 
 
 # ---------------------------------------------------------------- the stage
@@ -287,10 +343,11 @@ def run_stage(cfg: dict, data_root: Path, out_path: Path, device, progress: bool
         raise InputError(f"clip.model: the bootstrap trains square-input models, {name} has input {base.image_size}")
     store = int(round(size * STORE_SCALE))
     dense = None
-    if int(bcfg["region_frames"]) > 0 and base.kind in ("vit", "resnet"):
+    dense_scale = float(clip_cfg["dense_scale"])
+    if int(bcfg["region_frames"]) + int(bcfg["dense_frames"]) > 0 and base.kind in ("vit", "resnet"):
         color_size = ds.scene(ds.split("clip")[0]).meta["color_size"] if ds.split("clip") else None
         if color_size is not None:
-            dsize = dense_input_size(base, color_size)
+            dsize = dense_input_size(base, color_size, dense_scale)
             dense = {"size": dsize, "grid": (dsize[0] // base.patch_size, dsize[1] // base.patch_size)}
     t_crop = time.perf_counter()
     train_data = collect_crops(data_root, "clip", label_set, store, bcfg, seed, train=True, progress=progress,
@@ -313,7 +370,8 @@ def run_stage(cfg: dict, data_root: Path, out_path: Path, device, progress: bool
     handle = wrap_model(model, name, base.identity, device)
     t_eval = time.perf_counter()
     zs = zero_shot(handle, val_data, label_set, list(clip_cfg["templates"]))
-    dense = dense_zero_shot(handle, data_root, "val", label_set, list(clip_cfg["templates"]))
+    dense_eval = dense_zero_shot(handle, data_root, "val", label_set, list(clip_cfg["templates"]),
+                                 dense_scale=dense_scale)
     t_eval = time.perf_counter() - t_eval
     cls_counts = np.bincount(train_data["classes"], minlength=len(label_set.classes))
     return {
@@ -329,14 +387,20 @@ def run_stage(cfg: dict, data_root: Path, out_path: Path, device, progress: bool
         "region_frames_per_step": int(bcfg["region_frames"]) if dense else 0,
         "final_region_loss": stats["region_loss_history"][-1] if stats["region_loss_history"] else None,
         "region_loss_history": stats["region_loss_history"],
+        "dense_frames_per_step": int(bcfg["dense_frames"]) if dense else 0, "dense_weight": float(bcfg["dense_weight"]),
+        "final_dense_loss": stats["dense_loss_history"][-1] if stats["dense_loss_history"] else None,
+        "dense_loss_history": stats["dense_loss_history"],
         "logit_scale": stats["logit_scale"],
         "zero_shot_top1": zs["top1"], "zero_shot_mean_class_accuracy": zs["mean_class_accuracy"],
         "zero_shot_chance": zs["chance"], "zero_shot_majority_baseline": zs["majority_baseline"],
         "zero_shot_majority_class": zs["majority_class"], "zero_shot_per_class": zs["per_class"],
         "val_crops_per_class": zs["crops_per_class"],
-        "dense_pixel_accuracy": dense["pixel_accuracy"],
-        "dense_mean_class_pixel_accuracy": dense["mean_class_pixel_accuracy"],
-        "dense_majority_pixel_baseline": dense["majority_pixel_baseline"],
+        "dense_grid": dense_eval["grid"], "dense_val_pixels": dense_eval["pixels"],
+        "dense_miou": dense_eval["miou"], "dense_majority_miou_baseline": dense_eval["majority_miou_baseline"],
+        "dense_pixel_accuracy": dense_eval["pixel_accuracy"],
+        "dense_mean_class_pixel_accuracy": dense_eval["mean_class_pixel_accuracy"],
+        "dense_majority_pixel_baseline": dense_eval["majority_pixel_baseline"],
+        "dense_per_class_iou": dense_eval["per_class_iou"],
         "seconds_crops": round(t_crop, 2), "seconds_train": round(t_train, 2), "seconds_eval": round(t_eval, 2),
         "seconds": round(time.perf_counter() - t0, 2),
     }

@@ -87,12 +87,14 @@ def color_name(rgb) -> str:
     return "pink"
 
 
-def caption(rng: np.random.Generator, class_name: str, colour: str, templates: tuple[str, ...]) -> str:
+def caption(rng: np.random.Generator, class_name: str, colour: str | None, templates: tuple[str, ...]) -> str:
+    """A random caption of ``class_name``: a template, sometimes a synonym, sometimes (``COLOR_P``) the colour
+    word ``colour`` (never when it is None: the dense term captions a class, not one instance)."""
     name = class_name
     syn = SYNONYMS.get(class_name, ())
     if syn and rng.random() < SYNONYM_P:
         name = syn[int(rng.integers(len(syn)))]
-    if rng.random() < COLOR_P:
+    if colour is not None and rng.random() < COLOR_P:
         name = f"{colour} {name}"
     return templates[int(rng.integers(len(templates)))].format(name)
 
@@ -149,8 +151,11 @@ def frame_crops(scene: Scene, frame: int, label_set: LabelSet, size: int, min_pi
     ``max_crops`` instances. Raises ``FrameDefect``.
 
     ``dense = {"size": (h, w), "grid": (gh, gw)}``: also the whole frame resized to the dense input size
-    (``frame``, uint8 ``[h, w, 3]``) and, for every crop, its instance mask's coverage of each dense-feature
-    cell (``regions``, float16 ``[n, gh, gw]``, the fraction of the cell's pixels inside the mask).
+    (``frame``, uint8 ``[h, w, 3]``), for every crop its instance mask's coverage of each dense-feature cell
+    (``regions``, float16 ``[n, gh, gw]``, the fraction of the cell's pixels inside the mask), and the class
+    make-up of every cell (``cells``, float16 ``[gh, gw, K]``: the fraction of the cell's pixels labelled k;
+    unlabelled pixels count for no class). Pixels go to cells as the features stage maps them
+    (``dense.pixel_to_cell``).
     """
     scene.pose(frame)  # a frame with lost tracking is skipped (and counted) like everywhere else
     color = np.array(scene.color(frame))  # writable copy (torch.from_numpy)
@@ -196,7 +201,25 @@ def frame_crops(scene: Scene, frame: int, label_set: LabelSet, size: int, min_pi
         out["frame"] = img[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
         masks = torch.from_numpy(np.stack([c[3] for c in cand])).float()[:, None] if cand else torch.zeros(0, 1, H, W)
         out["regions"] = F.adaptive_avg_pool2d(masks, (gh, gw))[:, 0].to(torch.float16).numpy()
+        out["cells"] = cell_classes(sem, len(label_set.classes), (h, w), (gh, gw))
     return out
+
+
+def cell_classes(sem: np.ndarray, k: int, input_size: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
+    """``[gh, gw, k]`` float16: the fraction of each dense cell's pixels with each label (``sem [H, W]``, pixels
+    mapped to cells through the resize to ``input_size = (h, w)`` as ``dense.pixel_to_cell`` does; labels
+    outside ``[0, k)`` - unlabelled - count for no class)."""
+    H, W = sem.shape
+    (h, w), (gh, gw) = input_size, grid
+    p_y, p_x = h / gh, w / gw  # the patch size in input pixels
+    row = np.minimum(np.floor((np.arange(H) + 0.5) * (h / H) / p_y).astype(np.int64), gh - 1)
+    col = np.minimum(np.floor((np.arange(W) + 0.5) * (w / W) / p_x).astype(np.int64), gw - 1)
+    cell = (row[:, None] * gw + col[None, :]).ravel()
+    lab = sem.astype(np.int64).ravel()
+    valid = (lab >= 0) & (lab < k)
+    counts = np.bincount(cell[valid] * k + lab[valid], minlength=gh * gw * k).reshape(gh * gw, k)
+    pixels = np.bincount(cell, minlength=gh * gw).clip(min=1)[:, None]
+    return (counts / pixels).reshape(gh, gw, k).astype(np.float16)
 
 
 class _CropFrames(torch.utils.data.Dataset):
@@ -227,8 +250,9 @@ def collect_crops(data_root: Path, split: str, label_set: LabelSet, size: int, b
                   train: bool, progress: bool = False, dense: dict | None = None) -> dict:
     """All crops of one split (frames decoded in ``bcfg['workers']`` DataLoader workers).
 
-    With ``dense`` (see ``frame_crops``) also ``frames`` ``[F, h, w, 3]``, ``regions`` ``[n, gh, gw]`` and
-    ``region_frame`` ``[n]`` (the row in ``frames`` of each crop's frame): the region term's data."""
+    With ``dense`` (see ``frame_crops``) also ``frame_images`` ``[F, h, w, 3]``, ``regions`` ``[n, gh, gw]``,
+    ``region_frame`` ``[n]`` (the row in ``frame_images`` of each crop's frame) and ``cells`` ``[F, gh, gw, K]``:
+    the region and dense terms' data."""
     ds = Dataset(data_root)
     items = [(split, sid, f) for sid in ds.split(split) for f in ds.scene(sid).frame_ids]
     loader = torch.utils.data.DataLoader(
@@ -236,7 +260,7 @@ def collect_crops(data_root: Path, split: str, label_set: LabelSet, size: int, b
                     train, dense), batch_size=4, shuffle=False, num_workers=int(bcfg["workers"]),
         collate_fn=lambda b: b, worker_init_fn=_worker_init if bcfg["workers"] else None)
     crops, classes, colours, skipped, frames = [], [], [], {}, 0
-    images, regions, region_frame = [], [], []
+    images, regions, region_frame, cells = [], [], [], []
     for batch in tqdm(loader, desc=f"crops ({split})", unit="frames", disable=not progress):
         for _, _, out, reason in batch:
             if out is None:
@@ -250,6 +274,7 @@ def collect_crops(data_root: Path, split: str, label_set: LabelSet, size: int, b
                 region_frame.append(np.full(len(out["classes"]), len(images), np.int64))
                 images.append(out["frame"])
                 regions.append(out["regions"])
+                cells.append(out["cells"])
     result = {"crops": np.concatenate(crops) if crops else np.zeros((0, size, size, 3), np.uint8),
               "classes": np.concatenate(classes) if classes else np.zeros(0, np.int64),
               "colours": np.concatenate(colours) if colours else np.zeros((0, 3), np.float32),
@@ -259,4 +284,5 @@ def collect_crops(data_root: Path, split: str, label_set: LabelSet, size: int, b
         result["frame_images"] = np.stack(images) if images else np.zeros((0, h, w, 3), np.uint8)
         result["regions"] = np.concatenate(regions) if regions else np.zeros((0, gh, gw), np.float16)
         result["region_frame"] = np.concatenate(region_frame) if region_frame else np.zeros(0, np.int64)
+        result["cells"] = np.stack(cells) if cells else np.zeros((0, gh, gw, len(label_set.classes)), np.float16)
     return result

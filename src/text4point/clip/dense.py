@@ -30,7 +30,7 @@ from ..scene import Scene, read_image
 from .load import ClipHandle, preprocess_images
 
 FEATURE_DTYPE = np.float16
-DENSE_SCALE = 1.5  # the dense input's short side, in units of the model's native input side
+DENSE_SCALE = 1.5  # default clip.dense_scale: the dense input's short side, in units of the model's native input side
 
 
 def _grid_pos_embed(pos: torch.Tensor, old: tuple[int, int], new: tuple[int, int], extra: int = 1) -> torch.Tensor:
@@ -118,26 +118,26 @@ def label_set_text(handle: ClipHandle, classes: Sequence[str], prompt: str, temp
             "template_mean_embeddings": template_mean(rest).contiguous()}
 
 
-def dense_input_size(handle: ClipHandle, color_size: Sequence[int]) -> tuple[int, int]:
+def dense_input_size(handle: ClipHandle, color_size: Sequence[int], scale: float = DENSE_SCALE) -> tuple[int, int]:
     """Model input ``(h, w)`` for dense features of frames of ``color_size = (w, h)``.
 
-    The frame keeps its aspect ratio; its short side becomes ``DENSE_SCALE`` times the model's native input
-    side, both sides rounded to whole patches (positional embeddings are interpolated to that grid, as in
-    MaskCLIP). For t4p-tiny (48 px, patch 8) and 324x242 frames: 96x72 input, a 9x12 grid (a 6x6 grid at the
-    native size). On the default world's val frames this gave the best dense zero-shot class accuracy of the
-    sizes tried (48x48 to 248x184), see the report of the clip_bootstrap stage (``dense_*`` metrics).
+    The frame keeps its aspect ratio; its short side becomes ``scale`` (``clip.dense_scale``) times the model's
+    native input side, both sides rounded to whole patches (positional embeddings are interpolated to that
+    grid, as in MaskCLIP). For t4p-tiny (48 px, patch 8) and 324x242 frames, scale 4 (the world's default):
+    256x192 input, a 24x32 grid; ViT-B-16 (224 px, patch 16) at scale 1.5: a 21x28 grid. The bootstrap trains
+    its dense term at this size, so the teacher's features are read out at the resolution they were trained at.
     """
     cw, ch = int(color_size[0]), int(color_size[1])
     p = handle.patch_size or 1
-    short = max(p, int(round(min(handle.image_size) * DENSE_SCALE / p)) * p)
+    short = max(p, int(round(min(handle.image_size) * float(scale) / p)) * p)
     long = max(p, int(round(short * max(cw, ch) / min(cw, ch) / p)) * p)
     return (short, long) if ch <= cw else (long, short)
 
 
-def grid_geometry(handle: ClipHandle, color_size: Sequence[int], input_size: Sequence[int] | None = None) -> dict:
-    """How a colour pixel maps to a dense-feature cell (stored as ``grid.json``)."""
+def grid_geometry(handle: ClipHandle, color_size: Sequence[int], input_size: Sequence[int]) -> dict:
+    """How a colour pixel maps to a dense-feature cell (stored as ``grid.json``); ``input_size = (h, w)``."""
     cw, ch = int(color_size[0]), int(color_size[1])
-    ih, iw = input_size if input_size is not None else dense_input_size(handle, (cw, ch))
+    ih, iw = input_size
     p = handle.patch_size
     return {"color_size": [cw, ch], "input_size": [int(iw), int(ih)], "resize": "plain bilinear (antialiased)",
             "scale_x": iw / cw, "scale_y": ih / ch, "patch_size": p, "grid": [int(ih) // p, int(iw) // p],

@@ -22,7 +22,8 @@ from ..fsutil import atomic_path, write_json
 from ..labels import LABEL_SETS
 from ..scene import Dataset, FrameDefect, Scene
 from .cache import MANIFEST, TEXT_FILE
-from .dense import FEATURE_DTYPE, dense_features, dense_input_size, frame_tensor, grid_geometry, label_set_text
+from .dense import (DENSE_SCALE, FEATURE_DTYPE, dense_features, dense_input_size, frame_tensor, grid_geometry,
+                    label_set_text)
 from .load import ClipHandle, load_clip
 
 TEXT_LABEL_SETS = ("scannet20", "s3dis13", "sunrgbd10")
@@ -126,7 +127,8 @@ class _SceneWriter:
 
 
 def cache_features(handle: ClipHandle, data_root: Path, scene_ids: list[str], frames: dict[str, list[int]],
-                   out_dir: Path, batch_size: int, workers: int, progress: bool = False) -> dict:
+                   out_dir: Path, batch_size: int, workers: int, progress: bool = False,
+                   dense_scale: float = DENSE_SCALE) -> dict:
     """Compute and write dense features of ``frames[scene]`` for every scene; returns per-scene counts.
 
     One DataLoader runs over all scenes (decoding in ``workers`` processes while the model runs); each
@@ -136,7 +138,7 @@ def cache_features(handle: ClipHandle, data_root: Path, scene_ids: list[str], fr
     scenes = [Scene(data_root / "scenes" / s) for s in scene_ids]
     if not scenes:
         return {"scenes": {}, "frames": 0, "skipped": {}}
-    input_size = dense_input_size(handle, scenes[0].meta["color_size"])
+    input_size = dense_input_size(handle, scenes[0].meta["color_size"], dense_scale)
     items = [(i, f) for i, s in enumerate(scene_ids) for f in frames[s]]
     remaining = {i: len(frames[s]) for i, s in enumerate(scene_ids)}
     writers: dict[int, _SceneWriter] = {}
@@ -214,7 +216,7 @@ def run_stage(cfg: dict, data_root: Path, out_dir: Path, device, progress: bool 
             frames[sid] = scene.sampled_frames(skip)
     feat_cfg = clip_cfg["features"]
     result = cache_features(handle, data_root, scene_ids, frames, out_dir, int(feat_cfg["batch_size"]),
-                            int(feat_cfg["workers"]), progress=progress)
+                            int(feat_cfg["workers"]), progress=progress, dense_scale=clip_cfg["dense_scale"])
     t_feat = time.perf_counter() - t0
 
     text = {"identity": handle.identity}
@@ -224,7 +226,11 @@ def run_stage(cfg: dict, data_root: Path, out_dir: Path, device, progress: bool 
 
     for sid, entry in result["scenes"].items():
         entry["split"] = split_of[sid]
-    grid = grid_geometry(handle, ds.scene(scene_ids[0]).meta["color_size"]) if scene_ids else {}
+    if scene_ids:
+        color_size = ds.scene(scene_ids[0]).meta["color_size"]
+        grid = grid_geometry(handle, color_size, dense_input_size(handle, color_size, clip_cfg["dense_scale"]))
+    else:
+        grid = {}
     manifest = {
         "identity": handle.identity,
         "label_set": ds.label_set.name,
