@@ -1,4 +1,4 @@
-"""The whole default pipeline: wall time against the 45-minute budget on 2 cores, time per stage, and the
+"""The whole default pipeline: wall time against the one-hour budget on 2 cores (issue 12), time per stage, and the
 no-op dry run against its 3-second budget. Run it after `make pipeline` (`snakemake ... all`).
 
     python benchmarks/bench_pipeline.py [--log .snakemake/log/<run>.snakemake.log] [--repeats 5]
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from text4point.fsutil import write_json, write_text  # noqa: E402
 
-BUDGET_S = 45 * 60.0
+BUDGET_S = 60 * 60.0
 DRY_RUN_BUDGET_S = 3.0
 RULES = ("clip_bootstrap", "clip_features", "correspondences", "data", "show", "pretrain", "finetune", "tables",
          "figures")  # benchmark file names start with their rule's name
@@ -41,11 +41,20 @@ def rule_of(name: str) -> str:
     raise SystemExit(f"error: results/benchmarks/stages/{name}.tsv: file name: expected one of the rules {RULES}")
 
 
-def read_stage_files(stages: Path) -> list[dict]:
+def default_variations(root: Path) -> list[str]:
+    """The variations of the default params (params.yaml); overlays' variations are not part of the pipeline."""
+    import yaml
+
+    return sorted((yaml.safe_load((root / "params.yaml").read_text()) or {}).get("variations") or {})
+
+
+def read_stage_files(stages: Path, variations: list[str]) -> list[dict]:
     import pandas as pd
 
     jobs = []
-    for path in sorted(stages.glob("*.tsv")):
+    paths = sorted(stages.glob("*.tsv"))
+    paths += [p for v in variations for p in sorted((stages / "variations" / v).glob("*.tsv"))]
+    for path in paths:
         row = pd.read_csv(path, sep="\t").iloc[-1]  # Snakemake appends a row per repeat; one repeat here
         jobs.append({"job": path.stem, "rule": rule_of(path.stem), "seconds": float(row["s"]),
                      "cpu_seconds": float(row["cpu_time"]), "max_rss_mb": float(row["max_rss"])})
@@ -94,7 +103,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks"))
     args = ap.parse_args()
     root = Path(args.root)
-    jobs = read_stage_files(root / "results" / "benchmarks" / "stages")
+    jobs = read_stage_files(root / "results" / "benchmarks" / "stages", default_variations(root))
     log = Path(args.log) if args.log else newest_full_log(root)
     wall, finished, first, last = run_span(log)
     dry, dry_out = dry_run_seconds(root, args.repeats)
