@@ -143,3 +143,7 @@ def test_the_shipped_overlays_validate_on_top_of_params_yaml():
     conv = validate(_merge(base, read_file(root / "configs" / "convergence.yaml")), source="configs/convergence.yaml")
     assert set(conv["variations"]) == set(base["variations"]) | {"steps_x3"}
     assert conv["variations"]["steps_x3"]["scale"] == {"finetune.steps": 3}
+    cross = validate(_merge(base, read_file(root / "configs" / "cross_frame.yaml")), source="configs/cross_frame.yaml")
+    assert set(cross["variations"]) == set(base["variations"]) | {"cross_frame"}
+    assert cross["variations"]["cross_frame"]["set"] == {"pretrain": {"cross_frame": True}}
+    assert cross["pretrain"]["cross_frame"] is False  # the overlay varies it; the default stays as measured
