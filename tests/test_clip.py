@@ -411,3 +411,41 @@ def test_features_cache_of_another_clip_is_refused(feats):
     with pytest.raises(InputError) as e:
         clip_cache.load_features(feats.out.parent / "nothing", feats.handle.identity)
     assert "run the clip_features stage" in _one_line(e)
+
+
+def test_a_real_size_vit_b16_goes_through_the_caching_path_at_scannet_resolution(tmp_path, tiny_world):
+    """configs/scannet.yaml's CLIP at its real size: an open_clip ViT-B-16 with random weights (no download) caches
+    two 1296x968 frames; the input keeps the frame's aspect ratio at 1.5x the native 224 px (336x448), the grid is
+    21x28 patches of 16 px, and the stored rows are the model's dense features of those frames."""
+    from PIL import Image
+
+    from text4point.clip.load import build_model, wrap_model
+    from text4point.scene import read_matrix
+
+    sid = Dataset(tiny_world).split("train")[0]
+    scene_dir = tmp_path / "ds" / "scenes" / sid
+    shutil.copytree(Path(tiny_world) / "scenes" / sid, scene_dir)
+    scene = Scene(scene_dir)
+    frames = [f for f in scene.frame_ids if np.isfinite(read_matrix(scene.frame_path("pose", f))).all()][:2]
+    meta = json.loads((scene_dir / "scene.json").read_text())
+    meta["color_size"] = [1296, 968]
+    (scene_dir / "scene.json").write_text(json.dumps(meta))
+    for f in frames:
+        p = scene.frame_path("color", f)
+        Image.open(p).convert("RGB").resize((1296, 968), Image.BILINEAR).save(p, quality=90)
+    torch.manual_seed(0)
+    handle = wrap_model(build_model("ViT-B-16"), "ViT-B-16", {"model": "ViT-B-16", "pretrained": "random"}, "cpu")
+    out = tmp_path / "features"
+    res = features.cache_features(handle, tmp_path / "ds", [sid], {sid: frames}, out, batch_size=2, workers=0,
+                                  dense_scale=1.5)
+    assert res["frames"] == 2 and res["input_size"] == [336, 448]
+    grid = json.loads((out / sid / "grid.json").read_text())
+    assert grid["color_size"] == [1296, 968] and grid["input_size"] == [448, 336]
+    assert grid["patch_size"] == 16 and grid["grid"] == [21, 28] and grid["feature_dim"] == 512
+    f = np.load(out / sid / "features.npy", mmap_mode="r")
+    assert f.shape == (2, 21, 28, 512) and f.dtype == np.float16
+    x = clip_dense.frame_tensor(Scene(scene_dir), frames[1], (336, 448), handle.mean, handle.std)
+    with torch.inference_mode():
+        direct = clip_dense.dense_features(handle, x[None])[0].numpy()
+    cos = (direct * f[1]).sum(-1) / np.linalg.norm(direct, axis=-1) / np.linalg.norm(f[1].astype(np.float32), axis=-1)
+    assert cos.min() > 0.999  # the same decoding as the stage; fp16 storage
