@@ -96,6 +96,12 @@ def fit_affine(work: list[float], values: list[float]) -> dict:
     return {"fixed": float(fixed), "per_unit": float(per_unit), "how": "least squares"}
 
 
+def step_fits(rows: list[dict], work_key: str) -> dict:
+    """Step time (power law and affine) and peak RSS of a network stage's sizes against ``work_key``."""
+    x, t = [r[work_key] for r in rows], [r["step_seconds"] for r in rows]
+    return {"time": fit(x, t), "time_affine": fit_affine(x, t), "rss": fit(x, [r["rss_mb"] for r in rows])}
+
+
 def predict(f: dict, work: float) -> float:
     """Projected value: the affine fit's marginal cost (start-up once) when ``f`` has one, else the power law."""
     if "per_unit" in f:
@@ -306,9 +312,7 @@ def project(frames: list[dict], nets: dict, vit: dict, sc: dict, args) -> dict:
                          f"{vit['bytes_per_frame'] / 1e6:.2f} MB per frame; decode and writes not included"})
 
     pt, ft_ = nets["pretrain"], nets["finetune"]
-    x, t = [r["points_per_step"] for r in pt], [r["step_seconds"] for r in pt]
-    fits["pretrain_step"] = {"time": fit(x, t), "time_affine": fit_affine(x, t),
-                             "rss": fit(x, [r["rss_mb"] for r in pt])}
+    fits["pretrain_step"] = step_fits(pt, "points_per_step")
     fp = fits["pretrain_step"]["time_affine"]
     p_cfg = sc["pretrain"]
     pts_step = p_cfg["batch_size"] * p_cfg["max_points"]
@@ -323,9 +327,7 @@ def project(frames: list[dict], nets: dict, vit: dict, sc: dict, args) -> dict:
                  "storage_gb": None, "rss_exponent": fits["pretrain_step"]["rss"]["k"],
                  "note": f"{n_variants} variants: one after another on 2 cores, one per node with N >= {n_variants}; "
                          f"frame clouds assumed at the {p_cfg['max_points']}-point cap; width {p_cfg['width']}"})
-    x, t = [r["voxels_per_step"] for r in ft_], [r["step_seconds"] for r in ft_]
-    fits["finetune_step"] = {"time": fit(x, t), "time_affine": fit_affine(x, t),
-                             "rss": fit(x, [r["rss_mb"] for r in ft_])}
+    fits["finetune_step"] = step_fits(ft_, "voxels_per_step")
     ff = fits["finetune_step"]["time_affine"]
     f_cfg = sc["finetune"]
     vox_step = f_cfg["batch_size"] * f_cfg["max_points"]
