@@ -75,6 +75,45 @@ def test_dry_run_shows_the_whole_dag():
     assert re.search(r"\nfinetune +72\n", out) and re.search(r"\nfinetune_variation +30\n", out), out[-2000:]
 
 
+def test_the_paper_scale_overlay_builds_the_whole_dag_on_a_scannet_release(tmp_path):
+    """configs/scannet.yaml as shipped, over a spec-written ScanNet v2 release (2 train scans, 1 val scan; only
+    data.scannet.path overridden): the whole DAG dry-runs with the real CLIP's tag (no bootstrap job), the
+    paper-scale params reach the jobs, the release really imports through the DAG's data rule, and afterwards
+    only the import is done."""
+    import spec_files as spec
+    import yaml
+
+    scenes = {f"scene000{i}_00": spec.scannet_scene(seed=i, n_frames=4, invalid=()) for i in range(3)}
+    release = spec.write_scannet_release(tmp_path / "release", scenes, train=["scene0000_00", "scene0001_00"],
+                                         val=["scene0002_00"])
+    proj = project_copy(tmp_path / "proj", ROOT / "params.yaml")  # the default params, as a user has them
+    (proj / "release.yaml").write_text(yaml.safe_dump({"data": {"scannet": {"path": str(release)}}}))
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", DVC_NO_ANALYTICS="1")
+    overlay = ["--configfile", "configs/scannet.yaml", "release.yaml"]
+
+    def dry_run() -> tuple[dict[str, int], str]:
+        out = _run(SNAKEMAKE + ["-n", "-p", "all"] + overlay, proj, env).stdout
+        jobs = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+) +(\d+)$", out.split("Job stats:")[1],
+                                                                   re.M) if m.group(1) != "total"}
+        return jobs, out
+
+    jobs, out = dry_run()
+    assert jobs == {"data": 1, "correspondences": 1, "clip_features": 1, "pretrain": 3, "pretrain_variation": 2,
+                    "finetune": 72, "finetune_variation": 30, "show": 1, "tables": 1, "figures": 1,
+                    "all": 1}, out[-3000:]
+    assert "data/scannet/dataset.json" in out and "data/clip_features/ViT-B-16/" in out
+    finetune = next(line for line in out.splitlines() if "text4point finetune --" in line)
+    assert '"steps": 20000' in finetune and '"voxel_size": 0.025' in finetune and '"width": 64' in finetune
+
+    _run(SNAKEMAKE + ["data/scannet/dataset.json"] + overlay, proj, env)
+    manifest = json.loads((proj / "data/scannet/dataset.json").read_text())
+    assert manifest["source"] == "scannet" and manifest["label_set"]["name"] == "scannet20"
+    assert (proj / "data/scannet/splits/train.txt").read_text().split() == ["scene0000_00", "scene0001_00"]
+    assert (proj / "data/scannet/splits/val.txt").read_text().split() == ["scene0002_00"]
+    jobs, out = dry_run()
+    assert "data" not in jobs and jobs["finetune"] == 72 and jobs["pretrain"] == 3, out[-3000:]
+
+
 def test_a_typo_in_the_config_stops_snakemake_with_one_line():
     r = _run([sys.executable, "-m", "snakemake", "-n", "all", "--config", "seed=-2"], ROOT, check=False)
     assert r.returncode != 0
