@@ -58,7 +58,8 @@ def project_copy(dst: Path, params_file: Path = TINY) -> Path:
     for f in files:
         src = ROOT / f
         if src.is_file() and not f.startswith(("data/", "results/metrics/", "results/benchmarks/stages/",
-                                               "results/finetune/", "results/tables/", "results/preview/")):
+                                               "results/finetune/", "results/tables/", "results/preview/",
+                                               "results/variations/")):
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / f)
     shutil.copy(params_file, dst / "params.yaml")
