@@ -44,8 +44,8 @@ install_postgresql() {
     [ -f /etc/postgresql-common/createcluster.conf ] ||
         echo "create_main_cluster = false" | $sudo tee /etc/postgresql-common/createcluster.conf >/dev/null
     export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get update -qq
-    $sudo apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confold postgresql >/dev/null
+    $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq
+    $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confold postgresql >/dev/null
     [ -x "$(pg_bin)/initdb" ] || die "postgresql installed but no initdb under /usr/lib/postgresql/*/bin"
 }
 

@@ -104,17 +104,39 @@ def assert_same_results(got: dict, want: dict) -> None:
 def tiny_reference(tmp_path_factory) -> dict:
     """The tiny DAG (``snakemake all``) run once from a clean project copy; the runs that must reproduce it
     (a second clean run, a run killed and resumed, a run through Slurm) compare with its results. Read-only:
-    a test that changes the project works on a copy."""
+    a test that changes the project works on a copy (:func:`reference_copy`). Under pytest-xdist the workers
+    share one run: the first to ask makes it under a file lock in the session's base directory, the others
+    wait for it."""
     import sys
 
-    root = tmp_path_factory.mktemp("tiny_reference")
-    proj = project_copy(root / "proj")
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root = shared / "tiny_reference"
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}", DVC_NO_ANALYTICS="1")
-    cmd = [sys.executable, "-m", "snakemake", "--profile", "workflow/profiles/default", "--cores", "2", "all"]
-    r = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise AssertionError(f"the tiny reference run failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return {"proj": proj, "env": env, "results": tiny_results(proj)}
+    with FileLock(str(shared / "tiny_reference.lock")):
+        if not (root / "done").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir()
+            proj = project_copy(root / "proj")
+            cmd = [sys.executable, "-m", "snakemake", "--profile", "workflow/profiles/default", "--cores", "2", "all"]
+            r = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise AssertionError(f"the tiny reference run failed ({r.returncode}):\n{r.stdout[-3000:]}\n"
+                                     f"{r.stderr[-3000:]}")
+            (root / "done").write_text("ok\n")
+    return {"proj": root / "proj", "db": root / "mlflow.db", "env": env, "results": tiny_results(root / "proj")}
+
+
+def reference_copy(tiny_reference: dict, dst: Path) -> tuple[Path, dict]:
+    """A copy of the reference run (the project, its outputs and Snakemake's records, and its MLflow store) at
+    ``dst``, and the environment that tracks to the copied store: tests that rerun jobs on it never write to the
+    shared reference."""
+    proj = dst / "proj"
+    shutil.copytree(tiny_reference["proj"], proj, symlinks=True)
+    shutil.copy2(tiny_reference["db"], dst / "mlflow.db")
+    return proj, dict(tiny_reference["env"], MLFLOW_TRACKING_URI=f"sqlite:///{dst / 'mlflow.db'}")
 
 
 def data_section(source: str, **values) -> dict:

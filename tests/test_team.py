@@ -18,7 +18,7 @@ import pytest
 import yaml
 from test_workflow import DVC, SNAKEMAKE, _dry_run_jobs, _run
 
-from conftest import ROOT
+from conftest import ROOT, reference_copy
 
 SCRIPT = ROOT / "scripts" / "team_tracking.sh"
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
@@ -157,10 +157,9 @@ def _digest(path: Path) -> str:
 @pytest.fixture()
 def tiny_run(tmp_path, tiny_reference) -> tuple[Path, dict]:
     """A copy of the session's tiny reference run (the project, its outputs and Snakemake's records)."""
-    proj = tmp_path / "a"
-    shutil.copytree(tiny_reference["proj"], proj, symlinks=True)
-    env = dict(tiny_reference["env"], **GIT_ENV)
-    return proj, env
+    (tmp_path / "ref").mkdir()
+    proj, env = reference_copy(tiny_reference, tmp_path / "ref")
+    return proj, dict(env, **GIT_ENV)
 
 
 @pytest.mark.slow

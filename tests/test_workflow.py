@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, assert_same_results, project_copy, tiny_results
+from conftest import ROOT, assert_same_results, project_copy, reference_copy, tiny_results
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--profile", "workflow/profiles/default", "--cores", "2"]
 DVC = [sys.executable, "-m", "dvc"]
@@ -121,7 +121,10 @@ def test_a_typo_in_the_config_stops_snakemake_with_one_line():
 
 
 @pytest.mark.slow
-def test_tiny_pipeline_under_snakemake_and_dvc(tmp_path):
+def test_tiny_pipeline_under_snakemake_and_dvc(tmp_path, tiny_reference):
+    """The tiny DAG from an empty project, stage by stage, then DVC on top. Reproducibility on CPU: the run gives
+    the same tables (the MLflow run ids, which name each run, excepted) and the same fine-tuning predictions as
+    the session's reference run (``snakemake all`` in one go)."""
     proj = project_copy(tmp_path / "proj")
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", DVC_NO_ANALYTICS="1")
 
@@ -162,6 +165,7 @@ def test_tiny_pipeline_under_snakemake_and_dvc(tmp_path):
             "det_val_0000.png"} <= set(figures)
     assert all((proj / "results/figures/finetune" / f).stat().st_size > 10_000 for f in figures)
     assert "Nothing to be done" in _run(SNAKEMAKE + ["-n", "all"], proj, env).stdout
+    assert_same_results(tiny_results(proj), tiny_reference["results"])
 
     # --- the HTML report holds the tables and figures, and renders in headless Chromium
     _run(["bash", "scripts/report.sh", "report.html", "--cores", "2"], proj, env)
@@ -213,16 +217,6 @@ def test_tiny_pipeline_under_snakemake_and_dvc(tmp_path):
     assert "Params have changed since last execution" in dry
 
 
-@pytest.mark.slow
-def test_two_runs_from_clean_give_identical_tables(tmp_path, tiny_reference):
-    """Reproducibility on CPU: the tiny DAG, run from an empty project, gives the same tables (the MLflow run ids,
-    which name each run, excepted) and the same fine-tuning predictions as the session's reference run."""
-    proj = project_copy(tmp_path / "proj")
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", DVC_NO_ANALYTICS="1")
-    _run(SNAKEMAKE + ["all"], proj, env)
-    assert_same_results(tiny_results(proj), tiny_reference["results"])
-
-
 # Which jobs a change to one module reruns on the tiny DAG (3 variants; tasks semseg/insseg/det x inits
 # scratch/text4point x seed 0 x fraction 1.0): exactly the jobs whose command imports it, and their descendants.
 TOUCHED = {
@@ -248,9 +242,7 @@ TOUCHED = {
 def test_a_changed_module_reruns_exactly_the_jobs_that_import_it(tmp_path, tiny_reference):
     """Snakemake (each rule's inputs include its command's source files) and DVC (the generated dvc.yaml lists
     them as deps) both see a change to a module; after the change is undone nothing is due again."""
-    proj = tmp_path / "proj"
-    shutil.copytree(tiny_reference["proj"], proj, symlinks=True)
-    env = dict(tiny_reference["env"])
+    proj, env = reference_copy(tiny_reference, tmp_path)
     assert "Nothing to be done" in _run(SNAKEMAKE + ["-n", "all"], proj, env).stdout
     _run(DVC + ["commit", "-f", "-q"], proj, env)
     for module, want in TOUCHED.items():
@@ -299,9 +291,7 @@ def test_a_missing_artifact_is_due_again_and_comes_back_identical(tmp_path, tiny
     nothing is due; removed and rerun, the job remakes it identical and the tables stay the reference's."""
     import numpy as np
 
-    proj = tmp_path / "proj"
-    shutil.copytree(tiny_reference["proj"], proj, symlinks=True)
-    env = dict(tiny_reference["env"])
+    proj, env = reference_copy(tiny_reference, tmp_path)
     for rel, rule in DAMAGE:
         path = proj / rel
         moved = path.with_name(path.name + ".away")
