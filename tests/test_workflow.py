@@ -355,6 +355,7 @@ def test_pretrain_on_the_world_and_finetune_on_s3dis_to_the_tables(tmp_path):
     (proj / "configs").mkdir(exist_ok=True)
     (proj / "configs" / "transfer.yaml").write_text(
         f"data:\n  source: s3dis\n  pretrain_source: world\n  s3dis: {{path: {rel}, val_area: 5}}\n"
+        f"pretrain:\n  variants: [text4point]\n"  # the init it fine-tunes; the other variants add nothing here
         f"finetune:\n  tasks: [semseg]\n  inits: [scratch, text4point]\n")
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", DVC_NO_ANALYTICS="1")
     jobs = _run(SNAKEMAKE + ["-n", "all", "--configfile", "configs/transfer.yaml"], proj, env).stdout
