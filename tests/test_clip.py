@@ -21,6 +21,7 @@ import torch
 
 from text4point.clip import bootstrap, crops, features
 from text4point.clip import cache as clip_cache
+from text4point.clip import head as clip_head
 from text4point.clip import dense as clip_dense
 from text4point.clip.load import load_clip
 from text4point.errors import InputError
@@ -50,7 +51,9 @@ def boot(tiny_world, tiny_params, tmp_path_factory):
     cfg = _cfg(tiny_params)
     out = tmp_path_factory.mktemp("clip") / "bootstrap.pt"
     opened, collected, models = [], [], []
-    scene_init, collect, build = Scene.__init__, bootstrap.collect_crops, bootstrap.build_model
+    heads = []
+    scene_init, collect, build, make_head = (Scene.__init__, bootstrap.collect_crops, bootstrap.build_model,
+                                             bootstrap.DenseHead)
 
     def recording_init(self, path):
         scene_init(self, path)
@@ -64,12 +67,18 @@ def boot(tiny_world, tiny_params, tmp_path_factory):
         models.append(build(*args, **kwargs))
         return models[-1]
 
+    def recording_head(*args, **kwargs):
+        heads.append(make_head(*args, **kwargs))
+        return heads[-1]
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Scene, "__init__", recording_init)
         mp.setattr(bootstrap, "collect_crops", recording_collect)
         mp.setattr(bootstrap, "build_model", recording_build)
+        mp.setattr(bootstrap, "DenseHead", recording_head)
         metrics = bootstrap.run_stage(cfg, tiny_world, out, CPU, progress=False)
-    return SimpleNamespace(cfg=cfg, path=out, metrics=metrics, model=models[0], opened=opened, collected=collected)
+    return SimpleNamespace(cfg=cfg, path=out, metrics=metrics, model=models[0], head=heads[0], opened=opened,
+                           collected=collected)
 
 
 @pytest.fixture(scope="module")
@@ -246,20 +255,90 @@ def test_bootstrap_learns_image_text_alignment_that_holds_on_unseen_scenes(tiny_
 
 def test_dense_features_of_an_avg_pool_vit_average_to_the_image_embedding(boot):
     """The own forward over open_clip's ViT modules agrees with open_clip's: for t4p-tiny (avg pooling),
-    the mean of the dense features over the grid is the (unnormalized) image embedding."""
+    the mean of the MaskCLIP read-out (no dense head) over the grid is the (unnormalized) image embedding."""
     handle = load_clip(boot.cfg["clip"], CPU, boot.path)
     assert handle.model.visual.pool_type == "avg"
     torch.manual_seed(1)
     x = torch.randn(2, 3, *handle.image_size)
-    dense = clip_dense.dense_features(handle, x)
+    with torch.no_grad():
+        dense = clip_dense.dense_forward(handle.model, handle.kind, x)
+        pooled = handle.model.encode_image(x)
     gh, gw = handle.image_size[0] // handle.patch_size, handle.image_size[1] // handle.patch_size
     assert dense.shape == (2, gh, gw, handle.embed_dim)
-    with torch.no_grad():
-        pooled = handle.model.encode_image(x)
     assert torch.allclose(dense.mean(dim=(1, 2)), pooled, atol=1e-5)
     # larger inputs: interpolated positional embeddings, a finer grid
-    big = clip_dense.dense_features(handle, torch.randn(1, 3, 2 * handle.image_size[0], handle.image_size[1]))
+    with torch.no_grad():
+        big = clip_dense.dense_forward(handle.model, handle.kind,
+                                       torch.randn(1, 3, 2 * handle.image_size[0], handle.image_size[1]))
     assert big.shape == (1, 2 * gh, gw, handle.embed_dim)
+
+
+def test_the_bootstrap_dense_head_is_saved_loaded_and_reads_out_a_cell_per_4x4_pixels(boot):
+    """The bootstrap's checkpoint carries its dense head beside open_clip's state dict; ``load_clip`` restores
+    it, the features are read out through it (one cell per 4x4 input pixels, in the joint space) and equal the
+    trained head's output; open_clip itself ignores the entry."""
+    entry = torch.load(boot.path, weights_only=True)[clip_head.HEAD_KEY]
+    assert entry["config"] == {"token_dim": 128, "embed_dim": 128, "width": boot.cfg["clip"]["bootstrap"][
+        "dense_head_width"], "stride": 4}
+    assert boot.metrics["dense_head"] == entry["config"]
+    handle = load_clip(boot.cfg["clip"], CPU, boot.path)
+    assert handle.dense_head is not None and handle.cell_size == 4 and handle.patch_size == 8
+    assert not handle.dense_head.training and not any(p.requires_grad for p in handle.dense_head.parameters())
+    size = clip_dense.dense_input_size(handle, (96, 72), 1.5)
+    assert size == (72, 96)
+    torch.manual_seed(2)
+    x = torch.randn(2, 3, *size)
+    out = clip_dense.dense_features(handle, x)
+    assert out.shape == (2, 18, 24, handle.embed_dim)
+    trained = boot.head.eval()
+    with torch.no_grad():
+        tokens = clip_dense.dense_forward(boot.model.eval(), "vit", x)
+        assert tokens.shape == (2, 9, 12, 128)
+        np.testing.assert_allclose(out.numpy(), trained(x, tokens).numpy(), rtol=1e-5, atol=1e-5)
+    grid = clip_dense.grid_geometry(handle, (96, 72), size)
+    assert grid["patch_size"] == 4 and grid["grid"] == [18, 24]
+
+
+def test_a_dense_head_that_does_not_fit_the_named_model_is_one_line(boot, tmp_path):
+    ckpt = torch.load(boot.path, weights_only=True)
+    entry = ckpt[clip_head.HEAD_KEY]
+    width = entry["config"]["width"]
+    cases = {
+        "width.pt": (dict(entry, config=dict(entry["config"], width=width * 2)), "has shape"),
+        "dim.pt": (dict(entry, config=dict(entry["config"], token_dim=512, embed_dim=512)),
+                   "must both be the model's embed dim 128"),
+        "keys.pt": (dict(entry, state_dict={k: v for k, v in entry["state_dict"].items() if "fuse4" not in k}),
+                    "missing key 'fuse4."),
+        "shape.pt": ({"weights": 1}, "expected {'config'"),
+    }
+    for name, (bad, expect) in cases.items():
+        torch.save(dict(ckpt, **{clip_head.HEAD_KEY: bad}), tmp_path / name)
+        with pytest.raises(InputError) as e:
+            load_clip({"model": "t4p-tiny", "pretrained": str(tmp_path / name)}, CPU)
+        msg = _one_line(e)
+        assert msg.startswith(f"clip.pretrained: checkpoint {tmp_path / name}: its dense head does not fit model "
+                              f"t4p-tiny (") and expect in msg, msg
+    # the same weights under the ViT-B-16 name: open_clip's own state dict check speaks first
+    with pytest.raises(InputError) as e:
+        load_clip({"model": "ViT-B-16", "pretrained": str(boot.path)}, CPU)
+    assert "does not match model ViT-B-16" in _one_line(e)
+
+
+def test_a_clip_split_label_image_of_another_size_is_one_line_naming_it(tiny_world, tmp_path):
+    root = tmp_path / "world"
+    shutil.copytree(tiny_world, root)
+    sid = Dataset(root).split("clip")[0]
+    scene = Scene(root / "scenes" / sid)
+    frame = next(f for f in scene.frame_ids if np.isfinite(np.loadtxt(scene.frame_path("pose", f))).all())
+    p = scene.frame_path("label", frame)
+    from PIL import Image
+    Image.open(p).resize((50, 40), Image.NEAREST).save(p)
+    bcfg = {"min_crop_pixels": 40, "max_crops_per_frame": 8, "workers": 2}
+    with pytest.raises(InputError) as e:
+        crops.collect_crops(root, "clip", SCANNET20, 16, bcfg, 0, train=True, dense={"size": (72, 96),
+                                                                                     "grid": (18, 24)})
+    msg = _one_line(e)
+    assert msg == f"{p}: expected 96x72 (the colour image's size), got 50x40"
 
 
 def test_cached_features_equal_a_direct_forward(feats):

@@ -41,6 +41,7 @@ from ..training import Hook, Trainer, TrainJob, make_optimizer, warmup_cosine
 from .crops import EXTRA_TEMPLATES, caption, collect_crops, color_name
 from .dense import (DENSE_SCALE, decode_color, dense_features, dense_forward, dense_input_size, grid_geometry,
                     pixel_to_cell, template_mean, text_embeddings)
+from .head import HEAD_KEY, DenseHead
 from .load import ClipHandle, build_model, check_model_name, normalize_images, wrap_model
 
 STORE_SCALE = 4 / 3  # train crops are stored this much larger than the model input (random windows per step)
@@ -109,7 +110,7 @@ def _region_loss(model, handle_like, frame_images, regions, region_frame, region
     w = regions[torch.as_tensor(idx)]
     w = torch.where(flip[owner].view(-1, 1, 1), w.flip(-1), w).to(device)
     x = normalize_images(x.to(device), handle_like["mean"], handle_like["std"])
-    dense = dense_forward(model, handle_like["kind"], x)  # [F, gh, gw, d]
+    dense = dense_forward(model, handle_like["kind"], x, handle_like.get("head"))  # [F, gh, gw, d]
     pooled = torch.einsum("rhw,rhwd->rd", w, dense[owner.to(device)]) / w.sum(dim=(1, 2)).clamp_min(1e-6)[:, None]
     texts = [caption(rng, label_set.classes[classes[i]], names[i], templates) for i in idx]
     txt_f = model.encode_text(tokens(texts).to(device), normalize=True)
@@ -132,7 +133,7 @@ def _dense_loss(model, handle_like, frame_images, cells, picked, class_weights, 
     x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
     target = torch.where(flip.view(-1, 1, 1, 1), target.flip(2), target).to(device)
     x = normalize_images(x.to(device), handle_like["mean"], handle_like["std"])
-    dense = F.normalize(dense_forward(model, handle_like["kind"], x), dim=-1)  # [F, gh, gw, d]
+    dense = F.normalize(dense_forward(model, handle_like["kind"], x, handle_like.get("head")), dim=-1)
     texts = [caption(rng, c, None, templates) for c in label_set.classes]
     txt = model.encode_text(tokens(texts).to(device), normalize=True)  # [K, d]
     logp = F.log_softmax(model.logit_scale.exp() * dense @ txt.T, dim=-1)
@@ -170,7 +171,9 @@ def train(model: torch.nn.Module, handle_like: dict, data: dict, label_set: Labe
     epochs = int(bcfg["epochs"])
     total = steps_per_epoch * epochs
     warmup = max(1, min(steps_per_epoch, total // 10))
-    opt = make_optimizer(_param_groups(model, float(bcfg["weight_decay"])), "adamw", bcfg["lr"],
+    head = handle_like.get("head")
+    trained = model if head is None else torch.nn.ModuleDict({"clip": model, "head": head})
+    opt = make_optimizer(_param_groups(trained, float(bcfg["weight_decay"])), "adamw", bcfg["lr"],
                          bcfg["weight_decay"], betas=(0.9, 0.98), eps=1e-6)
     loss_fn = ClipLoss()
     rng = np.random.default_rng([seed, 7])
@@ -236,9 +239,9 @@ def train(model: torch.nn.Module, handle_like: dict, data: dict, label_set: Labe
 
     job = TrainJob(name="clip bootstrap", stage="clip_bootstrap", steps=total, steps_per_epoch=steps_per_epoch,
                    schedule=warmup_cosine(bcfg["lr"], total, warmup), log_every=steps_per_epoch, progress=progress)
-    model.train()
-    trainer = Trainer(job, model, opt, forward, batches, device, hooks=[_ClampLogitScale(model)]).fit()
-    model.eval()
+    trained.train()
+    trainer = Trainer(job, trained, opt, forward, batches, device, hooks=[_ClampLogitScale(model)]).fit()
+    trained.eval()
     history = [row["loss"] for row in trainer.epochs]
     region_history = [row["region"] for row in trainer.epochs if "region" in row]
     dense_history = [row["dense"] for row in trainer.epochs if "dense" in row]
@@ -344,11 +347,16 @@ def run_stage(cfg: dict, data_root: Path, out_path: Path, device, progress: bool
     store = int(round(size * STORE_SCALE))
     dense = None
     dense_scale = float(clip_cfg["dense_scale"])
+    head = None
     if int(bcfg["region_frames"]) + int(bcfg["dense_frames"]) > 0 and base.kind in ("vit", "resnet"):
         color_size = ds.scene(ds.split("clip")[0]).meta["color_size"] if ds.split("clip") else None
         if color_size is not None:
+            if int(bcfg["dense_head_width"]) > 0:
+                head = DenseHead(base.embed_dim, base.embed_dim, int(bcfg["dense_head_width"])).to(device)
+                base.dense_head = head
             dsize = dense_input_size(base, color_size, dense_scale)
-            dense = {"size": dsize, "grid": (dsize[0] // base.patch_size, dsize[1] // base.patch_size)}
+            cell = base.cell_size
+            dense = {"size": dsize, "grid": (dsize[0] // cell, dsize[1] // cell)}
     t_crop = time.perf_counter()
     train_data = collect_crops(data_root, "clip", label_set, store, bcfg, seed, train=True, progress=progress,
                                dense=dense)
@@ -358,16 +366,18 @@ def run_stage(cfg: dict, data_root: Path, out_path: Path, device, progress: bool
 
     t_train = time.perf_counter()
     stats = train(model, {"size": size, "mean": base.mean, "std": base.std, "tokenizer": base.tokenizer,
-                          "kind": base.kind},
+                          "kind": base.kind, "head": head},
                   train_data, label_set, templates, bcfg, seed, device, progress=progress)
     t_train = time.perf_counter() - t_train
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    ckpt = {"state_dict": state, "model": name, "trained_by": "text4point clip_bootstrap", "label_set": label_set.name}
+    if head is not None:
+        ckpt[HEAD_KEY] = head.to_checkpoint()
     with atomic_path(out_path) as tmp:
-        torch.save({"state_dict": state, "model": name, "trained_by": "text4point clip_bootstrap",
-                    "label_set": label_set.name}, tmp)
+        torch.save(ckpt, tmp)
 
-    handle = wrap_model(model, name, base.identity, device)
+    handle = wrap_model(model, name, base.identity, device, dense_head=head)
     t_eval = time.perf_counter()
     zs = zero_shot(handle, val_data, label_set, list(clip_cfg["templates"]))
     dense_eval = dense_zero_shot(handle, data_root, "val", label_set, list(clip_cfg["templates"]),
@@ -388,6 +398,8 @@ def run_stage(cfg: dict, data_root: Path, out_path: Path, device, progress: bool
         "final_region_loss": stats["region_loss_history"][-1] if stats["region_loss_history"] else None,
         "region_loss_history": stats["region_loss_history"],
         "dense_frames_per_step": int(bcfg["dense_frames"]) if dense else 0, "dense_weight": float(bcfg["dense_weight"]),
+        "dense_head": head.config if head is not None else None,
+        "dense_input_size": list(dense["size"]) if dense else None,
         "final_dense_loss": stats["dense_loss_history"][-1] if stats["dense_loss_history"] else None,
         "dense_loss_history": stats["dense_loss_history"],
         "logit_scale": stats["logit_scale"],

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..errors import InputError
 from ..labels import IGNORE_LABEL, LabelSet
 from ..scene import SPLITS, Dataset, FrameDefect, Scene
 
@@ -240,6 +241,8 @@ class _CropFrames(torch.utils.data.Dataset):
                                            self.min_pixels, self.max_crops, rng, self.dense), None
         except FrameDefect as e:
             return sid, frame, None, e.reason
+        except InputError as e:  # a defect of the dataset (e.g. a label image of another size): raised in the
+            return sid, frame, None, e  # main process as the same one line, not as a worker's traceback
 
 
 def _worker_init(_):
@@ -263,6 +266,8 @@ def collect_crops(data_root: Path, split: str, label_set: LabelSet, size: int, b
     images, regions, region_frame, cells = [], [], [], []
     for batch in tqdm(loader, desc=f"crops ({split})", unit="frames", disable=not progress):
         for _, _, out, reason in batch:
+            if isinstance(reason, InputError):
+                raise reason
             if out is None:
                 skipped[reason] = skipped.get(reason, 0) + 1
                 continue

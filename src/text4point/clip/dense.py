@@ -13,12 +13,19 @@ Dense features (:func:`dense_features`) live in CLIP's joint image-text space, o
   applied at every position of the last feature map (MaskCLIP's ResNet recipe), with the pool's positional
   embedding added (interpolated to the grid).
 
-Features are not L2-normalized (their mean is the image embedding); consumers normalize as they need.
+* A teacher with a dense head (``ClipHandle.dense_head``, :mod:`.head`: the bootstrap's): the read-out above
+  gives the tokens, and the head - trained with them against the text embeddings of the pixels' classes
+  (LSeg's objective, ``bootstrap._dense_loss``) - turns image and tokens into one feature per 4x4 input
+  pixels. Real CLIP checkpoints have no head.
+
+Features are not L2-normalized (without a head their mean is the image embedding); consumers normalize as
+they need.
 :func:`grid_geometry` / :func:`pixel_to_cell` map a colour pixel to its cell.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -75,24 +82,29 @@ def _resnet_dense(visual, images: torch.Tensor) -> torch.Tensor:
     return x.reshape(b, gh, gw, -1)
 
 
-def dense_forward(model: torch.nn.Module, kind: str, images: torch.Tensor) -> torch.Tensor:
+def dense_forward(model: torch.nn.Module, kind: str, images: torch.Tensor,
+                  head: torch.nn.Module | None = None) -> torch.Tensor:
     """``[B, gh, gw, d]`` dense features of an open_clip ``model`` whose image tower is ``kind`` ("vit" |
-    "resnet"), with autograd (the bootstrap trains through it); ``dense_features`` is the frozen read-out."""
+    "resnet"), through its dense ``head`` when there is one, with autograd (the bootstrap trains through it);
+    ``dense_features`` is the frozen read-out."""
     if kind == "vit":
-        return _vit_dense(model.visual, images)
-    if kind == "resnet":
-        return _resnet_dense(model.visual, images)
-    raise InputError(f"clip.model: dense features need an open_clip VisionTransformer or ModifiedResNet image "
-                     f"tower, got {type(model.visual).__name__}")
+        tokens = _vit_dense(model.visual, images)
+    elif kind == "resnet":
+        tokens = _resnet_dense(model.visual, images)
+    else:
+        raise InputError(f"clip.model: dense features need an open_clip VisionTransformer or ModifiedResNet image "
+                         f"tower, got {type(model.visual).__name__}")
+    return tokens if head is None else head(images, tokens)
 
 
 @torch.no_grad()
 def dense_features(handle: ClipHandle, images: torch.Tensor) -> torch.Tensor:
-    """Preprocessed images ``[B, 3, H, W]`` (H, W multiples of ``handle.patch_size``) -> ``[B, gh, gw, d]`` float32.
+    """Preprocessed images ``[B, 3, H, W]`` (H, W from ``dense_input_size``) -> ``[B, gh, gw, d]`` float32.
 
-    ``gh = H // patch``, ``gw = W // patch``; features are in CLIP's joint space (see the module docstring).
+    ``gh = H // cell``, ``gw = W // cell`` (``handle.cell_size``: the patch, or the dense head's stride);
+    features are in CLIP's joint space (see the module docstring).
     """
-    return dense_forward(handle.model, handle.kind, images.to(handle.device)).float()
+    return dense_forward(handle.model, handle.kind, images.to(handle.device), handle.dense_head).float()
 
 
 @torch.no_grad()
@@ -123,22 +135,27 @@ def dense_input_size(handle: ClipHandle, color_size: Sequence[int], scale: float
 
     The frame keeps its aspect ratio; its short side becomes ``scale`` (``clip.dense_scale``) times the model's
     native input side, both sides rounded to whole patches (positional embeddings are interpolated to that
-    grid, as in MaskCLIP). For t4p-tiny (48 px, patch 8) and 324x242 frames, scale 4 (the world's default):
-    256x192 input, a 24x32 grid; ViT-B-16 (224 px, patch 16) at scale 1.5: a 21x28 grid. The bootstrap trains
-    its dense term at this size, so the teacher's features are read out at the resolution they were trained at.
+    grid, as in MaskCLIP) and, with a dense head, to multiples of 8. For t4p-tiny (48 px, patch 8) and
+    324x242 frames at scale 2 (the world's default): 96x128 input, 12x16 tokens and, through the bootstrap's
+    dense head (stride 4), a 24x32 grid; ViT-B-16 (224 px, patch 16) at scale 1.5: a 21x28 grid. The
+    bootstrap trains its dense term at this size, so the teacher's features are read out at the resolution
+    they were trained at.
     """
     cw, ch = int(color_size[0]), int(color_size[1])
     p = handle.patch_size or 1
+    if handle.dense_head is not None:
+        p = math.lcm(p, 8)
     short = max(p, int(round(min(handle.image_size) * float(scale) / p)) * p)
     long = max(p, int(round(short * max(cw, ch) / min(cw, ch) / p)) * p)
     return (short, long) if ch <= cw else (long, short)
 
 
 def grid_geometry(handle: ClipHandle, color_size: Sequence[int], input_size: Sequence[int]) -> dict:
-    """How a colour pixel maps to a dense-feature cell (stored as ``grid.json``); ``input_size = (h, w)``."""
+    """How a colour pixel maps to a dense-feature cell (stored as ``grid.json``); ``input_size = (h, w)``.
+    ``patch_size`` is the input pixels per cell (``handle.cell_size``)."""
     cw, ch = int(color_size[0]), int(color_size[1])
     ih, iw = input_size
-    p = handle.patch_size
+    p = handle.cell_size
     return {"color_size": [cw, ch], "input_size": [int(iw), int(ih)], "resize": "plain bilinear (antialiased)",
             "scale_x": iw / cw, "scale_y": ih / ch, "patch_size": p, "grid": [int(ih) // p, int(iw) // p],
             "feature_dim": handle.embed_dim, "dtype": np.dtype(FEATURE_DTYPE).name,

@@ -240,7 +240,8 @@ def run_stage(cfg: dict, data_root: Path, out_dir: Path, device, progress: bool 
         "skipped": result["skipped"],
         "input_size": grid.get("input_size"),
         "grid": grid.get("grid"),
-        "patch_size": handle.patch_size,
+        "patch_size": handle.cell_size,  # input pixels per feature cell, as in grid.json
+        "dense_head": handle.dense_head.config if handle.dense_head is not None else None,
         "feature_dim": handle.embed_dim,
         "dtype": np.dtype(FEATURE_DTYPE).name,
         "text_embeddings": TEXT_FILE,

@@ -7,6 +7,10 @@
 * an open_clip pretrained tag (``laion2b_s34b_b79k``, ``openai``, ...), which needs network access or the
   Hugging Face cache.
 
+A checkpoint file may also hold a dense head (``head.DenseHead``, key ``dense_head``; the bootstrap's does):
+it is checked against the model and loaded into ``ClipHandle.dense_head``, through which
+``dense.dense_features`` then reads the dense features out.
+
 Every file is loaded by ``open_clip.create_model_and_transforms(name, pretrained=<path>)``, i.e. open_clip's own
 loading path, so a bootstrap checkpoint is an ordinary open_clip checkpoint. The project's model configs
 (``model_configs/*.json``, e.g. ``t4p-tiny``) are registered with open_clip when this module is imported.
@@ -30,6 +34,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..fsutil import sha256_file
+from .head import HEAD_KEY, DenseHead, build_head, head_mismatch
 
 CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 if CONFIG_DIR not in [Path(p) for p in open_clip.factory._MODEL_CONFIG_PATHS]:
@@ -108,9 +113,15 @@ class ClipHandle:
     image_size: tuple[int, int]  # the model's native input (h, w)
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    patch_size: int  # input pixels per dense-feature cell (ViT patch; 32 for a ModifiedResNet)
+    patch_size: int  # input pixels per image-tower token (ViT patch; 32 for a ModifiedResNet)
     kind: str  # "vit" | "resnet" | "other"
     extra: dict = field(default_factory=dict)
+    dense_head: DenseHead | None = None  # the checkpoint's dense head (None: the MaskCLIP read-out)
+
+    @property
+    def cell_size(self) -> int:
+        """Input pixels per dense-feature cell: the head's stride, else the patch size."""
+        return self.dense_head.stride if self.dense_head is not None else self.patch_size
 
     def preprocess(self, images: np.ndarray | torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """uint8 ``[B, H, W, 3]`` frames -> normalized ``[B, 3, h, w]`` on the model's device."""
@@ -151,8 +162,8 @@ def _visual_info(model: torch.nn.Module) -> tuple[str, int]:
 
 
 def wrap_model(model: torch.nn.Module, name: str, identity: dict, device: torch.device | str,
-               freeze: bool = True) -> ClipHandle:
-    """A ``ClipHandle`` around an open_clip model (loaded, freshly built, or being trained)."""
+               freeze: bool = True, dense_head: DenseHead | None = None) -> ClipHandle:
+    """A ``ClipHandle`` around an open_clip model (loaded, freshly built, or being trained) and its dense head."""
     device = torch.device(device)
     pp = open_clip.get_model_preprocess_cfg(model)
     size = pp.get("size", getattr(model.visual, "image_size", 224))
@@ -162,11 +173,16 @@ def wrap_model(model: torch.nn.Module, name: str, identity: dict, device: torch.
     if freeze:
         model.eval().requires_grad_(False)
     model.to(device)
+    if dense_head is not None:
+        if freeze:
+            dense_head.eval().requires_grad_(False)
+        dense_head.to(device)
     kind, patch = _visual_info(model)
     with _quiet():
         tokenizer = open_clip.get_tokenizer(name)
     return ClipHandle(model=model, name=name, identity=dict(identity), tokenizer=tokenizer, device=device,
-                      image_size=(int(size[0]), int(size[1])), mean=mean, std=std, patch_size=patch, kind=kind)
+                      image_size=(int(size[0]), int(size[1])), mean=mean, std=std, patch_size=patch, kind=kind,
+                      dense_head=dense_head)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -245,8 +261,26 @@ def build_model(name: str, device: torch.device | str = "cpu") -> torch.nn.Modul
     return model
 
 
-def _load_file(name: str, path: Path) -> torch.nn.Module:
-    """Load a local checkpoint through ``open_clip.create_model_and_transforms``; mismatches are one line."""
+def _load_head(name: str, path: Path, model: torch.nn.Module) -> DenseHead | None:
+    """The dense head stored beside the state dict in checkpoint ``path`` (None when there is none)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # not a zip-format file: no mmap
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or HEAD_KEY not in ckpt:
+        return None
+    kind, _ = _visual_info(model)
+    embed_dim = int(getattr(model.visual, "output_dim", 0) or model.text_projection.shape[-1])
+    problem = ("it needs a ViT or ModifiedResNet image tower, the model's is " + type(model.visual).__name__
+               if kind == "other" else head_mismatch(ckpt[HEAD_KEY], embed_dim))
+    if problem:
+        raise InputError(f"clip.pretrained: checkpoint {path}: its dense head does not fit model {name} ({problem})")
+    return build_head(ckpt[HEAD_KEY])
+
+
+def _load_file(name: str, path: Path) -> tuple[torch.nn.Module, DenseHead | None]:
+    """Load a local checkpoint through ``open_clip.create_model_and_transforms``, and its dense head if it has
+    one; mismatches are one line."""
     err: BaseException | None = None
     model = None
     with _quiet():
@@ -261,7 +295,7 @@ def _load_file(name: str, path: Path) -> torch.nn.Module:
     if err is not None:
         raise InputError(f"clip.pretrained: open_clip could not load checkpoint {path} for model {name} "
                          f"({_short(err)})")
-    return model
+    return model, _load_head(name, path, model)
 
 
 def _load_tag(name: str, tag: str) -> tuple[torch.nn.Module, str]:
@@ -303,14 +337,14 @@ def load_clip(clip_cfg: dict, device: torch.device | str, checkpoint: Path | Non
         path = Path(checkpoint)
         if not path.is_file():
             raise InputError(f"{path}: bootstrap CLIP checkpoint not found (the {BOOTSTRAP_STAGE} stage makes it)")
-        model, sha = _load_file(name, path), sha256_file(path)
+        (model, head), sha = _load_file(name, path), sha256_file(path)
     elif Path(pretrained).expanduser().is_file():
         path = Path(pretrained).expanduser()
-        model, sha = _load_file(name, path), sha256_file(path)
+        (model, head), sha = _load_file(name, path), sha256_file(path)
     else:
-        model, sha = _load_tag(name, pretrained)
+        (model, sha), head = _load_tag(name, pretrained), None
     identity = {"model": name, "pretrained": pretrained, "weights_sha256": sha}
-    return wrap_model(model, name, identity, device)
+    return wrap_model(model, name, identity, device, dense_head=head)
 
 
 def same_weights(a: dict, b: dict) -> bool:
