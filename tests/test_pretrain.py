@@ -86,6 +86,26 @@ def test_shapes_and_overfit_one_batch(pt_inputs, variant):
     assert losses[-1] < 0.8 * losses[0], losses
 
 
+def test_the_cosine_distillation_term_is_one_minus_the_mean_cosine_of_the_matches(pt_inputs):
+    """``pretrain.loss_weights.cosine`` adds ``L_c = mean(1 - cos(ĥ3D[bottleneck of the match], h2D))`` to the
+    loss; at 0 (the default, the paper's loss) the term is absent."""
+    cfg = copy.deepcopy(pt_inputs["cfg"])
+    batch, text = _batch(pt_inputs, "text4point")
+    torch.manual_seed(0)
+    plain = _model(cfg, "text4point", text)
+    assert "L_c" not in plain(batch)
+    cfg["pretrain"]["loss_weights"] = {**cfg["pretrain"]["loss_weights"], "cosine": 2.0}
+    model = _model(cfg, "text4point", text)
+    model.load_state_dict(plain.state_dict())
+    out = model(batch)
+    feats = model.features(batch.x, batch.pos, batch.batch)
+    h_hat = feats["h_hat"][feats["encoded"].bottleneck_index()[batch.m_point]]
+    cos = torch.nn.functional.normalize(h_hat, dim=1) @ torch.nn.functional.normalize(batch.h2d.float(), dim=1).T
+    expected = float((1 - cos.diagonal()).mean())
+    assert float(out["L_c"]) == pytest.approx(expected, rel=1e-5)
+    assert float(out["loss"]) == pytest.approx(float(out["L_e"] + out["L_d"]) + 2.0 * expected, rel=1e-5)
+
+
 def test_tqm_without_text_refused(pt_inputs):
     from text4point.pretrain.engine import build_model
 

@@ -27,6 +27,7 @@ p.add_argument("--cw", type=float, default=0.5)
 p.add_argument("--eval-every", type=int, default=0)
 p.add_argument("--hue", type=float, default=0.0)
 p.add_argument("--gray", type=float, default=0.0)
+p.add_argument("--zoom", type=float, default=1.0)
 p.add_argument("--plain", action="store_true")
 p.add_argument("--deep", action="store_true")
 a = p.parse_args()
@@ -135,6 +136,17 @@ for step in range(a.steps):
     fr = torch.as_tensor(rng.choice(len(fimg), a.frames, replace=False))
     xf = fimg[fr].permute(0, 3, 1, 2).float() / 255
     tg = cells[fr].float()
+    if a.zoom < 1.0:  # random cell-aligned zoom-in crops (scale augmentation), resized back to the input size
+        xs, ts = [], []
+        for i in range(a.frames):
+            sc = float(np.sqrt(rng.uniform(a.zoom, 1.0)))
+            ch_, cw_ = max(2, round(gh * sc)), max(2, round(gw * sc))
+            r0, c0 = rng.integers(0, gh - ch_ + 1), rng.integers(0, gw - cw_ + 1)
+            xi = xf[i:i + 1, :, r0 * S:(r0 + ch_) * S, c0 * S:(c0 + cw_) * S]
+            xs.append(F.interpolate(xi, size=(H, W), mode="bilinear", align_corners=False))
+            ti = tg[i:i + 1, r0:r0 + ch_, c0:c0 + cw_].permute(0, 3, 1, 2)
+            ts.append(F.interpolate(ti, size=(gh, gw), mode="bilinear", align_corners=False).permute(0, 2, 3, 1))
+        xf, tg = torch.cat(xs), torch.cat(ts)
     flip = torch.rand(a.frames) < 0.5
     xf = torch.where(flip.view(-1, 1, 1, 1), xf.flip(-1), xf); tg = torch.where(flip.view(-1, 1, 1, 1), tg.flip(2), tg)
     # brightness/contrast jitter

@@ -8,11 +8,15 @@ every batch).
 
 Training: open_clip's own model (``clip.model``, randomly initialized) and its ``ClipLoss``, AdamW with linear
 warm-up and a cosine schedule, seeded, through the project's training loop (:mod:`text4point.training`). Each
-step has two terms: the crop term (the batch's crops against their captions) and the region term
-(``_region_loss``: ``clip.bootstrap.region_frames`` whole frames, each instance's dense features pooled over
-its mask against its caption). The metrics' ``loss_history`` is the sum of both terms per epoch,
-``region_loss_history`` the region term alone. The checkpoint is ``{"state_dict": ..., ...}``, which
-``open_clip.create_model_and_transforms(name, pretrained=<file>)`` loads as it is (``load.load_clip``).
+step has up to three terms: the crop term (the batch's crops against their captions), the dense term
+(``_dense_loss``, LSeg's objective: ``clip.bootstrap.dense_frames`` colour-jittered whole frames, every dense
+cell against the text embeddings of all classes) and the region term (``_region_loss``, off by default:
+``region_frames`` frames, each instance's dense features pooled over its mask against its caption). With
+``dense_head_width`` > 0 the dense features come through a dense head (:mod:`.head`: one cell per 4x4 input
+pixels) trained with them. The metrics' ``loss_history`` is the sum of the terms per epoch,
+``dense_loss_history`` / ``region_loss_history`` the terms alone. The checkpoint is ``{"state_dict": ...,
+"dense_head": ..., ...}``, which ``open_clip.create_model_and_transforms(name, pretrained=<file>)`` loads as it
+is (the head is read by ``load.load_clip``).
 
 Evaluation: zero-shot top-1 on crops of the ``val`` split (same crop rule, fixed margins and windows): each
 crop's image embedding against the template-averaged text embeddings of *all* classes of the label set.

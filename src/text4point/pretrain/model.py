@@ -15,7 +15,11 @@
   ``L_e = InfoNCE(ĥ3D[bottleneck point of each matched point], h2D[matched pixel])`` (the encoder's
   resolution: a matched input point is represented by its nearest bottleneck point,
   ``Encoded.bottleneck_index``) and ``L_d = InfoNCE(z3D[matched point], z2D[matched pixel])``;
-  ``loss = w_e·L_e + w_d·L_d`` (``pretrain.loss_weights``).
+  ``loss = w_e·L_e + w_d·L_d + w_c·L_c`` (``pretrain.loss_weights``), where ``L_c = mean(1 − cos(ĥ3D, h2D))``
+  over the matches is OpenScene's distillation loss (not the paper's; ``cosine``, 0 by default: see
+  ``results/experiments/dense_teacher.md``, "Transfer into 3D"). The InfoNCE treats the other matches of a
+  frame as negatives, most of them pixels of the same class as the positive; the cosine term pulls ĥ3D
+  towards the teacher's feature itself.
 - ``image_contrast``: the same two losses without the TQM (``h3D_aggr = h3D``): what the text adds is
   the difference between the two.
 - ``pointcontrast`` (Xie et al., 2020): ``z3D = g3D(h3D)`` and the InfoNCE between the ``z3D`` of the two
@@ -84,6 +88,7 @@ class Text4PointModel(nn.Module):
         self.temperature = float(params["temperature"])
         self.w_encoder = float(params["loss_weights"]["encoder"])
         self.w_decoder = float(params["loss_weights"]["decoder"])
+        self.w_cosine = float(params["loss_weights"].get("cosine", 0.0))
         d_b = backbone.bottleneck_dim
         self.fc = self.g2d = self.tqm = self.fc_text = self.aggregation = None
         if variant in IMAGE_VARIANTS:
@@ -146,7 +151,12 @@ class Text4PointModel(nn.Module):
         z2d = self.g2d(h2d)
         l_d = self._per_cloud(batch.m_counts, z2d, out["z"][m], batch.pixel_id, m)
         loss = self.w_encoder * l_e + self.w_decoder * l_d
-        return {"loss": loss, "L_e": l_e.detach(), "L_d": l_d.detach()}
+        terms = {"L_e": l_e.detach(), "L_d": l_d.detach()}
+        if self.w_cosine > 0:
+            l_c = (1 - torch.nn.functional.cosine_similarity(out["h_hat"][bidx].float(), h2d, dim=-1)).mean()
+            loss = loss + self.w_cosine * l_c
+            terms["L_c"] = l_c.detach()
+        return {"loss": loss, **terms}
 
 
     def _per_cloud(self, counts: list[int], a: Tensor, b: Tensor, ids_a: Tensor | None = None,
@@ -160,9 +170,4 @@ class Text4PointModel(nn.Module):
         return torch.stack(losses).mean()
 
 
-def loss_names(variant: str) -> tuple[str, ...]:
-    """The loss terms a variant's :meth:`Text4PointModel.forward` returns besides ``loss``."""
-    return ("L_pc",) if variant == "pointcontrast" else ("L_e", "L_d")
-
-
-__all__ = ["PixelDecoder", "Text4PointModel", "loss_names"]
+__all__ = ["PixelDecoder", "Text4PointModel"]
