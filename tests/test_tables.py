@@ -127,3 +127,55 @@ def test_tables_name_a_missing_job(table_inputs):
     with pytest.raises(InputError, match=r"no_tqm/finetune/semseg/text4point/seed0-frac1.0/metrics.json: not valid "
                                          r"JSON"):
         build_tables(cfg, root / "ft", root / "pt", root / "tables", root / "var")
+
+
+def test_the_teacher_table_gives_each_teachers_quality_and_its_gain_over_the_default_scratch_jobs(table_inputs):
+    """A teacher variation reruns the CLIP bootstrap, the features, pre-training and the text4point jobs; its row
+    reads its own bootstrap and pre-training metrics and pairs its text4point jobs with the *default* scratch
+    jobs of the same seed, beside the default teacher's row."""
+    from text4point import params
+    from text4point.fsutil import write_json
+    from text4point.tables import build_tables, table_names
+
+    cfg, root = table_inputs
+    raw = {k: v for k, v in cfg.items() if k != "variations"}
+    raw["variations"] = {"weak": {"table": "teacher", "description": "a crop-only teacher",
+                                  "set": {"clip": {"bootstrap": {"dense_frames": 0, "dense_head_width": 0}}}}}
+    cfg = params.validate(raw)
+    write_json(root / "clip_bootstrap.json", {"dense_miou": 0.25, "dense_pixel_accuracy": 0.73})
+    write_json(root / "var/weak/metrics/clip_bootstrap.json", {"dense_miou": 0.10, "dense_pixel_accuracy": 0.41})
+    write_json(root / "var/weak/metrics/pretrain/text4point.json",
+               {"zeroshot_miou": 0.03, "zeroshot_miou_teacher": 0.08, "zeroshot_teacher_coverage": 0.29})
+    # the weak teacher's text4point jobs: 1 point above scratch at 10 % and 2 below at 100 %, at every seed
+    _write_runs(root / "var/weak/finetune", "semseg", ["text4point"], [0, 1, 2], [0.1, 1.0],
+                lambda i, s, f: {0: 0.0, 1: 0.02, 2: -0.01}[s] * f + (0.04 + 0.01 if f == 0.1 else 0.40 - 0.02))
+    summary = build_tables(cfg, root / "ft", root / "pt", root / "tables", root / "var")
+    assert "teacher" in table_names(cfg) and "teacher" in summary["studies"]
+    t = pd.read_csv(root / "tables/teacher.csv")
+    assert list(t.teacher) == ["default", "default", "weak", "weak"] and set(t.init) == {"text4point"}
+    weak = t[t.teacher == "weak"].set_index("label_fraction")
+    assert weak.loc[0.1, "mean"] == pytest.approx(1.0) and weak.loc[1.0, "mean"] == pytest.approx(-2.0)
+    assert weak.loc[1.0, "dense_miou"] == pytest.approx(10.0) and weak.loc[1.0, "zeroshot_miou"] == pytest.approx(3.0)
+    assert weak.loc[1.0, "scratch_mean"] == pytest.approx(40.3333, abs=1e-3)
+    default = t[t.teacher == "default"].set_index("label_fraction")
+    # the default text4point jobs are 10 points above scratch at 100 % and 1 at 10 % (0.5 vs 0.4, times f)
+    assert default.loc[1.0, "mean"] == pytest.approx(10.0) and default.loc[0.1, "mean"] == pytest.approx(1.0)
+    assert default.loc[1.0, "dense_miou"] == pytest.approx(25.0) and default.loc[1.0, "zeroshot_miou"] == 10.0
+    md = (root / "tables/teacher.md").read_text()
+    assert ("| weak | a crop-only teacher | 10.0 | 41.0 | 8.0 | 29.0 | 3.0 | semseg | text4point | "
+            "+1.0 [+1.0, +1.0] * | -2.0 [-2.0, -2.0] * |") in md
+
+
+def test_a_teacher_variation_without_default_scratch_jobs_is_one_line():
+    from pathlib import Path
+
+    import yaml
+
+    from text4point import params
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    raw["finetune"]["inits"] = ["text4point"]
+    raw["variations"] = {"weak": {"table": "teacher", "set": {"clip": {"bootstrap": {"epochs": 2}}}}}
+    with pytest.raises(InputError, match=r"^params.yaml: variations.weak: a teacher variation's gains are over the "
+                                         r"default scratch jobs, but finetune.inits \['text4point'\] has no scratch$"):
+        params.validate(raw)

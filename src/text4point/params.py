@@ -192,6 +192,9 @@ def variation(cfg: dict, name: str, source: str = "params.yaml") -> dict:
         if extra:
             raise InputError(f"{where}.{key}: {extra[0]!r} is not in finetune.{key} {allowed}: the variation's jobs "
                              f"are compared with the default jobs")
+    if v["table"] == "teacher" and "scratch" not in ft["inits"]:
+        raise InputError(f"{where}: a teacher variation's gains are over the default scratch jobs, but finetune.inits "
+                         f"{ft['inits']} has no scratch")
     for key in _paths(v["set"]) + list(v["scale"]):
         if any(key == f or key.startswith(f + ".") for f in FIXED_KEYS):
             raise InputError(f"{where}: {key}: a variation cannot change the dataset or the lists of jobs")

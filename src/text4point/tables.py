@@ -16,6 +16,10 @@ tidy and numeric (one observation per row, values in %), for pandas; the Markdow
 - ``paper_ablation`` (variations with ``table: paper_ablation``): default − variation, paired, per task × init ×
   label fraction: what the component the variation removes is worth;
 - ``convergence`` (``table: convergence``): the default schedule against a longer one, paired;
+- ``teacher`` (``table: teacher``): how much the 2D teacher matters. A row per teacher (the default params' and
+  each variation's) × task × init: its dense val mIoU (``clip_bootstrap``), the 3D zero-shot mIoU after
+  pre-training with it next to its ceiling on the points it sees, and the fine-tuning gain of the init over the
+  *default* scratch jobs, paired over seeds, at every label fraction;
 - ``zeroshot``: the pre-training variants' zero-shot mIoU on val next to the untrained network's, the constant
   labelling and the 2D teacher's own (with its coverage);
 - ``reference``: published numbers on *real ScanNet* (CSC's model-zoo tables), clearly other data, for scale.
@@ -26,13 +30,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from . import faults, tasks
+from . import dag, faults, tasks
+from .names import SCRATCH
 from .fsutil import atomic_path, write_text
 from .runs import collect_seeds, read_metrics
 from .stats import Summary, interval, mean_std, paired, summarize
 
 FIXED_TABLES = ("efficiency", "ablation", "zeroshot", "reference")
-STUDY_TABLES = ("paper_ablation", "convergence")
+STUDY_TABLES = ("paper_ablation", "convergence", "teacher")
 TABLE_NAMES = ("semseg", "insseg", "det") + FIXED_TABLES + STUDY_TABLES  # with the default params
 
 # Published numbers on real ScanNet v2 val, from the Contrastive Scene Contexts repository's model-zoo tables
@@ -165,7 +170,7 @@ def _variation_runs(var_root: Path, cfg: dict, name: str) -> dict:
 
 def _studies(out_dir: Path, cfg: dict, runs: dict, var_root: Path, where: str) -> list[str]:
     written = []
-    for table in STUDY_TABLES:
+    for table in ("paper_ablation", "convergence"):
         names = [n for n, v in cfg["variations"].items() if v["table"] == table]
         if not names:
             continue
@@ -214,6 +219,70 @@ def _steps(jobs: dict) -> int:
     return steps.pop() if len(steps) == 1 else max(steps)
 
 
+TEACHER_KEYS = [("dense_miou", "dense val mIoU"), ("dense_pixel_accuracy", "dense val pixel accuracy")]
+PRETRAIN_KEYS = [("zeroshot_miou_teacher", "teacher ceiling mIoU"), ("zeroshot_teacher_coverage", "ceiling coverage"),
+                 ("zeroshot_miou", "3D zero-shot mIoU")]
+
+
+def _percent(m: dict, key: str) -> float:
+    value = m.get(key)
+    return math.nan if value is None else 100.0 * float(value)
+
+
+def _teacher(out_dir: Path, cfg: dict, runs: dict, pretrain_root: Path, var_root: Path, where: str) -> bool:
+    """The ``teacher`` table (module docstring); False when no variation asks for it. The default teacher's metrics
+    are ``<pretrain_root>/../clip_bootstrap.json`` and ``<pretrain_root>/<init>.json``, a variation's under
+    ``<var_root>/<name>/metrics/`` for the stages it reruns."""
+    names = [n for n, v in cfg["variations"].items() if v["table"] == "teacher"]
+    if not names:
+        return False
+    bootstrap = cfg["clip"]["pretrained"] == "bootstrap"
+    fracs = [float(f) for f in cfg["finetune"]["label_fractions"]]
+    cells = sorted({(t, i) for n in names for t in cfg["variations"][n]["tasks"] for i in cfg["variations"][n]["inits"]
+                    if i != SCRATCH})
+    rows, md = [], []
+    for name in ["default"] + names:
+        v = cfg["variations"].get(name, {"description": "the default params' teacher"})
+        varied = dag.varied_rules(cfg, name) if name != "default" else set()
+        own = Path(var_root) / name / "metrics"
+        boot_json = own / "clip_bootstrap.json" if "clip_bootstrap" in varied else Path(pretrain_root).parent / \
+            "clip_bootstrap.json"
+        pre_dir = own / "pretrain" if "pretrain" in varied else Path(pretrain_root)
+        boot = read_metrics(boot_json) if bootstrap else {}
+        jobs = runs if name == "default" else _variation_runs(var_root, cfg, name)
+        for task, init in cells:
+            spec = tasks.get(task)
+            pre = read_metrics(pre_dir / f"{init}.json")
+            head = [_percent(boot, k) for k, _ in TEACHER_KEYS] + [_percent(pre, k) for k, _ in PRETRAIN_KEYS]
+            gains = []
+            for f in fracs:
+                if (task, init, f) not in jobs:
+                    gains.append("")
+                    continue
+                a, b = jobs[(task, init, f)], runs[(task, SCRATCH, f)]
+                s, seeds = _paired_row(a, b, spec.primary)
+                mean_a = summarize(list(_values(a, spec.primary).values())).mean
+                mean_b = summarize(list(_values(b, spec.primary).values())).mean
+                rows.append([name, v["description"]] + [round(x, 4) for x in head]
+                            + [task, init, f, spec.metrics[spec.primary], mean_a, mean_b] + _cells(s)
+                            + [s.excludes_zero, " ".join(map(str, seeds))])
+                gains.append(f"{s.mean:+.1f} {interval(s)}")
+            md.append([name, v["description"]] + ["n/a" if math.isnan(x) else f"{x:.1f}" for x in head]
+                      + [task, init] + gains)
+    header = ["teacher", "what it is"] + [n for _, n in TEACHER_KEYS + PRETRAIN_KEYS] + ["task", "init"] + [
+        f"init − scratch at {f:g} (points, 95 % CI)" for f in fracs]
+    tidy = (["teacher", "description"] + [k for k, _ in TEACHER_KEYS + PRETRAIN_KEYS]
+            + ["task", "init", "label_fraction", "metric", "init_mean", "scratch_mean"] + SUMMARY
+            + ["excludes_zero", "seeds"])
+    note = (where + " Dense val mIoU: the teacher's own dense zero-shot labelling of the val frames (clip_bootstrap); "
+            "the ceiling: the same labelling carried to the val points it sees, with the share of labelled points it "
+            "sees; 3D zero-shot: the pre-trained network's labelling of every labelled val point. The gains are the "
+            "init's fine-tuning metric minus the default scratch jobs' of the same seed (primary metric, points), "
+            "with the 95 % t-interval; `*`: it excludes 0.")
+    _write(out_dir, "teacher", _markdown("How much the 2D teacher matters", note, header, md), tidy, rows)
+    return True
+
+
 def _zeroshot(out_dir: Path, cfg: dict, pretrain_root: Path, where: str) -> None:
     rows, md = [], []
     for v in cfg["pretrain"]["variants"]:
@@ -244,7 +313,10 @@ def build_tables(cfg: dict, ft_root: Path, pretrain_root: Path, out_dir: Path,
              f"split; {len(ft['seeds'])} seed(s) {list(ft['seeds'])}; numbers in %.")
     _task_tables(out_dir, ft, runs, where + " Mean ± sample std over the seeds.")
     _ablation(out_dir, ft, runs, where)
-    studies = _studies(out_dir, cfg, runs, Path(var_root) if var_root else Path(ft_root).parent / "variations", where)
+    var_root = Path(var_root) if var_root else Path(ft_root).parent / "variations"
+    studies = _studies(out_dir, cfg, runs, var_root, where)
+    if _teacher(out_dir, cfg, runs, Path(pretrain_root), var_root, where):
+        studies.append("teacher")
     _zeroshot(out_dir, cfg, pretrain_root, where)
     header = ["method", "task", "metric", "label_fraction", "value"]
     rows = [[r["method"], r["task"], r["metric"], r["label_fraction"], r["value"]] for r in REFERENCE]

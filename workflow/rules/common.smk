@@ -147,6 +147,22 @@ def artifacts():
     return out
 
 
+def teacher_inputs():
+    """What the teacher table reads beyond the fine-tuning jobs: the bootstrap and pre-training metrics of the
+    default teacher and of each teacher variation that reruns them."""
+    names = [n for n, v in config["variations"].items() if v["table"] == "teacher"]
+    if not names:
+        return []
+    out = ["results/metrics/clip_bootstrap.json"] if config["clip"]["pretrained"] == "bootstrap" else []
+    for name in names:
+        mode = f"variations/{name}/"
+        if "clip_bootstrap" in VARIED[name] and VARIATIONS[name]["clip"]["pretrained"] == "bootstrap":
+            out.append(f"results/{mode}metrics/clip_bootstrap.json")
+        if "pretrain" in VARIED[name]:
+            out += [f"results/{mode}metrics/pretrain/{i}.json" for i in config["variations"][name]["inits"] if i != SCRATCH]
+    return out
+
+
 def bootstrap_input(wildcards):
     """The bootstrap CLIP the job's params use (none for an open_clip tag or checkpoint)."""
     if cfg_of(wildcards)["clip"]["pretrained"] != "bootstrap":

@@ -49,6 +49,7 @@ rule tables:
         finetune_runs(),
         variation_runs(),
         expand("results/metrics/pretrain/{variant}.json", variant=VARIANTS),
+        teacher_inputs(),
         code=code("tables"),
     output:
         TABLES,
