@@ -87,6 +87,24 @@ def test_voxel_keys_are_world_aligned_and_shared_between_frames():
     assert keys2[cl2[0]] == keys[cluster[0]] and keys2[cl2[1]] == keys[cluster[4]]
 
 
+def test_batched_voxelization_equals_frame_by_frame():
+    """voxelize_frames gives per frame exactly geometry.voxelize's points and keys: dense tables over one or
+    several groups of frames, the torch.unique fallback, empty frames and frames far from the origin."""
+    from text4point.corrgeom import voxelize_frames
+
+    rng = np.random.default_rng(3)
+    frames = [rng.normal([0.3, -1.0, 2.0], 0.8, (500, 3)), np.zeros((0, 3)), rng.normal(0.0, 0.3, (300, 3)),
+              rng.normal([900.0, -40.0, 3.0], 0.5, (200, 3)), rng.normal(0.0, 0.05, (7, 3))]
+    frames = [torch.tensor(f, dtype=torch.float32) for f in frames]
+    want = [G.voxelize(f, 0.05)[:2] for f in frames]
+    pts = torch.cat(frames).T.contiguous()
+    for max_cells in (1, 5000, 1 << 20, 1 << 24):
+        vp, keys, sizes = voxelize_frames(pts, [len(f) for f in frames], 0.05, max_cells=max_cells)
+        assert sizes == [len(k) for _, k in want]
+        assert torch.equal(keys, torch.cat([k for _, k in want]))
+        assert torch.equal(vp, torch.cat([p for p, _ in want]))
+
+
 def test_color_zbuffer_gather_equals_scatter():
     """With coincident colour and depth sensors the splatting z-buffer is a gather; both give the same."""
     rng = np.random.default_rng(1)

@@ -72,8 +72,9 @@ from tqdm import tqdm
 from .corrfiles import FORMAT, write_scene_correspondences
 from .errors import bad
 from .fsutil import write_json
-from .geometry import (GRID_HALF, affine, as_matrix, backproject, in_grid, project, project_with, projection_matrix,
-                       voxelize)
+from .corrgeom import (color_zbuffer, frame_overlaps, match_pairs, match_points, nonzero_1d,  # noqa: F401
+                       sample_colors, sample_colors_frames, voxelize_frames)
+from .geometry import GRID_HALF, as_matrix, in_grid, projection_matrix
 from .runtime import cpu_threads, resolve_device
 from .scene import Dataset, FrameDefect, Scene
 
@@ -82,110 +83,8 @@ FRAME_REASONS = ("missing_pose", "invalid_pose", "missing_image", "corrupt_image
                  "too_little_depth")
 SCENE_REASONS = ("color_depth_mismatch",)
 PARAM_KEYS = ("frame_skip", "voxel_size", "overlap_threshold", "depth_tolerance", "min_valid_depth")
-MAX_SPLAT_RADIUS = 4.0  # colour pixels; bounds the footprint of a depth sample seen from very close
-
-
-def color_zbuffer(depth: torch.Tensor, K_depth: torch.Tensor, depth_to_world: torch.Tensor, K_color: torch.Tensor,
-                  color_to_world: torch.Tensor, width: int, height: int, splat: bool = True) -> torch.Tensor:
-    """Observed depth at colour resolution: flat [height * width], z in the colour camera, inf = no sample.
-
-    The valid depth pixels are back-projected and projected into the colour camera; each colour pixel keeps
-    the minimum z (``scatter_reduce`` "amin") of the samples that cover it. With ``splat`` a sample covers
-    the colour pixels whose centres lie in its depth pixel's footprint (see the module docstring); without,
-    only the pixel it lands on.
-    """
-    pts, pix = backproject(depth, K_depth, depth_to_world)
-    return _zbuffer(pts, depth.reshape(-1)[pix], K_depth, K_color, color_to_world, width, height, splat)
-
-
-def _zbuffer(pts: torch.Tensor, z_depth: torch.Tensor, K_depth: torch.Tensor, K_color: torch.Tensor,
-             color_to_world: torch.Tensor, width: int, height: int, splat: bool) -> torch.Tensor:
-    """``color_zbuffer`` from the back-projected depth samples (world points and their depth-camera z)."""
-    dtype, dev = pts.dtype, pts.device
-    hw = height * width
-    zbuf = torch.full((hw + 1,), float("inf"), dtype=dtype, device=dev)  # the last slot takes what falls outside
-    if len(pts) == 0:
-        return zbuf[:hw]
-    uv, z, _ = project(pts, K_color, color_to_world, width, height)
-    front = z > 1e-6
-    if not splat:
-        ui = torch.floor(uv + 0.5).long()
-        ok = front & (ui[:, 0] >= 0) & (ui[:, 0] < width) & (ui[:, 1] >= 0) & (ui[:, 1] < height)
-        target = torch.where(ok, ui[:, 1] * width + ui[:, 0], hw)
-        return zbuf.scatter_reduce_(0, target, z, "amin")[:hw]
-    Kc = torch.as_tensor(K_color, device=dev).to(dtype)
-    Kd = torch.as_tensor(K_depth, device=dev).to(dtype)
-    scale = torch.stack([Kc[0, 0] / Kd[0, 0], Kc[1, 1] / Kd[1, 1]]) * 0.5
-    ratio = z_depth / torch.where(front, z, torch.ones_like(z))
-    r = (ratio.unsqueeze(1) * scale).clamp_(max=MAX_SPLAT_RADIUS)
-    lo = torch.ceil(uv - r)
-    hi = torch.ceil(uv + r)  # covered pixel centres per axis: lo .. hi - 1
-    k = int((hi - lo).max().item())
-    if k <= 0:
-        return zbuf[:hw]
-    lo, hi = lo.long(), hi.long()
-    hi[:, 0].clamp_(max=width)
-    hi[:, 1].clamp_(max=height)
-    hi = torch.where(front.unsqueeze(1), hi, lo)  # behind the colour camera: covers nothing
-    off = torch.arange(k, device=dev)
-    tu = lo[:, 0:1] + off  # [N, k]
-    tv = lo[:, 1:2] + off
-    ok_u = (tu < hi[:, 0:1]) & (tu >= 0)
-    ok_v = (tv < hi[:, 1:2]) & (tv >= 0)
-    target = torch.where(ok_v.unsqueeze(2) & ok_u.unsqueeze(1), tv.unsqueeze(2) * width + tu.unsqueeze(1), hw)
-    zz = z.view(-1, 1, 1).expand(-1, k, k)
-    return zbuf.scatter_reduce_(0, target.reshape(-1), zz.reshape(-1), "amin")[:hw]
-
-
-def match_points(points_world: torch.Tensor, zbuf: torch.Tensor, P_color: torch.Tensor, width: int, height: int,
-                 depth_tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(colour pixel index v * W + u, row into ``points_world``) of the points that pass the depth test.
-
-    ``P_color``: ``projection_matrix`` of the colour camera; ``zbuf``: its observed depth (``color_zbuffer``).
-    """
-    _, z, inside, ui = project_with(points_world, P_color, width, height)
-    ui = ui.long()
-    pix = torch.where(inside, ui[:, 1] * width + ui[:, 0], torch.zeros_like(ui[:, 0]))
-    ok = inside & ((zbuf.index_select(0, pix) - z).abs() <= depth_tolerance)  # inf (no sample) never passes
-    rows = torch.nonzero(ok).squeeze(1)
-    return pix.index_select(0, rows), rows
-
-
-def sample_colors(points_world: torch.Tensor, color: torch.Tensor, P_color: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """uint8 rgb [N, 3] of the colour pixel each point projects to (clamped to the image); and how many fell outside."""
-    H, W = color.shape[:2]
-    _, _, inside, ui = project_with(points_world, P_color, W, H)
-    u = ui[:, 0].nan_to_num(0).clamp(0, W - 1).long()
-    v = ui[:, 1].nan_to_num(0).clamp(0, H - 1).long()
-    return color.reshape(-1, 3).index_select(0, v * W + u), int((~inside).sum().item())
-
-
-def frame_overlaps(keys: list[torch.Tensor], chunk_elems: int = 1 << 24) -> torch.Tensor:
-    """[F, F] overlap |keys_i ∩ keys_j| / min(|keys_i|, |keys_j|) of per-frame sorted unique voxel keys."""
-    F = len(keys)
-    dev = keys[0].device if F else torch.device("cpu")
-    if F == 0:
-        return torch.zeros((0, 0), device=dev)
-    sizes = torch.tensor([len(k) for k in keys], device=dev)
-    allk = torch.cat(keys)
-    frame = torch.repeat_interleave(torch.arange(F, device=dev), sizes)
-    uniq, inv = torch.unique(allk, return_inverse=True)
-    U = len(uniq)
-    inter = torch.zeros((F, F), dtype=torch.float32, device=dev)
-    step = max(1, chunk_elems // max(F, 1))
-    order = torch.argsort(inv)
-    inv_s, frame_s = inv[order], frame[order]
-    bounds = torch.searchsorted(inv_s, torch.arange(0, U + step, step, device=dev).clamp(max=U))
-    for c in range(len(bounds) - 1):
-        s, e = int(bounds[c]), int(bounds[c + 1])
-        if s == e:
-            continue
-        c0 = c * step
-        A = torch.zeros((F, min(step, U - c0)), dtype=torch.float32, device=dev)
-        A[frame_s[s:e], inv_s[s:e] - c0] = 1.0
-        inter += A @ A.T
-    denom = torch.minimum(sizes.unsqueeze(0), sizes.unsqueeze(1)).clamp(min=1).to(torch.float32)
-    return inter / denom
+CHUNK_PIXELS = 1 << 19  # depth pixels of the frames voxelized together (bounds the batch's memory)
+MATCH_CANDIDATES = 1 << 21  # candidate points (partners' points) of the frames matched together
 
 
 # ---------------------------------------------------------------- one scene
@@ -259,7 +158,10 @@ def process_scene(scene: Scene, cfg: dict, device=None, splat: bool = True) -> d
     """Correspondences of one scene: the arrays of the storage layout (numpy) and ``stats``.
 
     ``cfg`` is the ``correspondences`` params section. Only this scene's data is held in memory: per kept
-    frame its voxel points, colours, keys and depth image (float32 at depth resolution).
+    frame its voxel points, colours, keys and depth image (float32 at depth resolution), plus one batch of frames
+    being voxelized (``CHUNK_PIXELS`` depth pixels and their colour images) and one group of frames being matched
+    (``MATCH_CANDIDATES`` candidate points). Frames are batched through back-projection, voxelization, colour
+    sampling and the depth test (:mod:`text4point.corrgeom`); the outputs equal those of one frame at a time.
     """
     with torch.inference_mode():
         return _process_scene(scene, cfg, resolve_device(device), splat)
@@ -292,70 +194,100 @@ def _process_scene(scene: Scene, cfg: dict, dev: torch.device, splat: bool) -> d
 
     voxel, tol = float(c["voxel_size"]), float(c["depth_tolerance"])
     lim = (GRID_HALF - 1) * voxel
-    frames, pts, cols, keys, depths, c2w_color, c2w_depth, P_color = [], [], [], [], [], [], [], []
+    HWd = Hd * Wd
+    # kept frames' depth, one row each; the last column (0: no sample) is where colour pixels without depth look
+    depths = torch.zeros((len(candidates), HWd + 1), dtype=dtype, device=dev)
+    frames, pts, cols, keys, sizes, c2w_color, c2w_depth, P_color = [], [], [], [], [], [], [], []
     ray_norm = float(np.linalg.norm(rays_np, axis=1).max())
-    outside_color = 0
+    outside_color, chunk = 0, []
+
+    def voxelize_chunk():  # the frames read since the last chunk, batched; appends to pts, cols, keys, sizes
+        k0, B = len(frames) - len(chunk), len(chunk)
+        idx = nonzero_1d((depths[k0:len(frames), :HWd] > 0).reshape(-1)).to(dev)  # frame after frame
+        fr = torch.div(idx, HWd, rounding_mode="floor") if B > 1 else None
+        pix = idx - fr * HWd if B > 1 else idx
+        z = depths.view(-1).index_select(0, (idx + fr if B > 1 else idx) + k0 * (HWd + 1))  # rows of HWd + 1
+        cam = rays.index_select(0, pix).mul_(z.unsqueeze(1))
+        counts = torch.searchsorted(idx, torch.arange(1, B, device=dev) * HWd).tolist() if B > 1 else []
+        counts = np.diff([0] + counts + [len(idx)]).tolist()
+        world, s = [], 0
+        for b, (_, color_np, far) in enumerate(chunk):
+            M = as_matrix(c2w_depth[k0 + b], dtype, dev)
+            w = torch.addmm(M[:3, 3:4], M[:3, :3], cam[s:s + counts[b]].T)  # geometry.affine, [3, n]
+            s += counts[b]
+            if far:  # bound |world| on the host first (frames far from the origin only)
+                w = w[:, in_grid(w.T, voxel)]
+                counts[b] = w.shape[1]
+            world.append(w)
+        vpts, vkeys, vsizes = voxelize_frames(torch.cat(world, 1) if B > 1 else world[0], counts, voxel)
+        colors = torch.from_numpy(np.stack([color_np for _, color_np, _ in chunk])).to(dev)
+        rgb, out = sample_colors_frames(vpts, colors, P_color[k0:], vsizes)
+        pts.append(vpts)
+        cols.append(rgb)
+        keys.extend(torch.split(vkeys, vsizes))
+        sizes.extend(vsizes)
+        chunk.clear()
+        return out
+
     for i in candidates:
         got = _read_frame(scene, i, float(c["min_valid_depth"]))
         if isinstance(got, str):
             skipped[got] = skipped.get(got, 0) + 1
             continue
         pose, depth_np, color_np = got
-        depth = torch.from_numpy(depth_np).to(dev).reshape(-1)
-        color = torch.from_numpy(np.array(color_np)).to(dev)
+        depths[len(frames), :HWd] = torch.from_numpy(depth_np).reshape(-1)
         Tc, Td = pose @ ext_c, pose @ ext_d
-        Pc = projection_matrix(Kc_np, Tc, dtype, dev)
-        pix = torch.nonzero(depth > 0).squeeze(1)  # decoded PNG depth is finite
-        world = affine(as_matrix(Td, dtype, dev), rays.index_select(0, pix) * depth.index_select(0, pix).unsqueeze(1))
-        if np.abs(Td[:3, 3]).max() + float(depth_np.max()) * ray_norm >= lim:  # bound |world| on the host
-            world = world[in_grid(world, voxel)]
-        vpts, vkeys, _ = voxelize(world, voxel)
-        rgb, out = sample_colors(vpts, color, Pc)
-        outside_color += out
         frames.append(i)
-        pts.append(vpts)
-        cols.append(rgb)
-        keys.append(vkeys)
-        depths.append(depth)
         c2w_color.append(Tc)
         c2w_depth.append(Td)
-        P_color.append(Pc)
+        P_color.append(projection_matrix(Kc_np, Tc, dtype, dev))
+        chunk.append((i, color_np, np.abs(Td[:3, 3]).max() + float(depth_np.max()) * ray_norm >= lim))
+        if len(chunk) * HWd >= CHUNK_PIXELS:
+            outside_color += voxelize_chunk()
+    if chunk:
+        outside_color += voxelize_chunk()
 
     F = len(frames)
-    sizes = [len(p) for p in pts]
     point_offsets = np.zeros(F + 1, np.int64)
     point_offsets[1:] = np.cumsum(sizes)
     all_pts = torch.cat(pts) if F else torch.zeros((0, 3), dtype=dtype, device=dev)
-    frame_of_point = torch.repeat_interleave(torch.arange(F, device=dev), torch.tensor(sizes, dtype=torch.long,
-                                                                                        device=dev))
     ov = frame_overlaps(keys)
     paired = ov >= float(c["overlap_threshold"])
     paired |= torch.eye(F, dtype=torch.bool, device=dev)
-
-    pair_list, overlap_list, pix_list, pt_list, counts = [], [], [], [], []
+    pairs = torch.nonzero(paired).cpu().numpy()  # (a, b), sorted
     inf = torch.tensor(float("inf"), dtype=dtype, device=dev)
-    for a in range(F):
-        partners = torch.nonzero(paired[a]).squeeze(1)
+
+    def observed(a_ids, a_lens, pix):  # a's z-buffer at the candidates' pixels
         if c2d is not None:
-            observed = torch.cat([depths[a], depths[a].new_zeros(1)]).index_select(0, c2d)
-            zbuf = torch.where(observed > 0, observed, inf)
-        else:
-            zbuf = color_zbuffer(depths[a].view(Hd, Wd), Kd, as_matrix(c2w_depth[a], dtype, dev), Kc,
+            a = torch.repeat_interleave(torch.tensor(a_ids, device=dev), torch.tensor(a_lens, device=dev),
+                                        output_size=len(pix))
+            g = depths.view(-1).index_select(0, a * (HWd + 1) + c2d.index_select(0, pix))
+            return torch.where(g > 0, g, inf)
+        out, s = [], 0
+        for a, n in zip(a_ids, a_lens):
+            zbuf = color_zbuffer(depths[a, :HWd].view(Hd, Wd), Kd, as_matrix(c2w_depth[a], dtype, dev), Kc,
                                  as_matrix(c2w_color[a], dtype, dev), Wc, Hc, splat=splat)
-        rows = torch.nonzero(paired[a][frame_of_point]).squeeze(1)
-        pix, sel = match_points(all_pts.index_select(0, rows), zbuf, P_color[a], Wc, Hc, tol)
-        idx = rows.index_select(0, sel)  # ascending, so grouped by frame b ascending = pair order
-        per_b = torch.bincount(frame_of_point[idx], minlength=F)[partners]
-        pair_list.append(torch.stack([torch.full_like(partners, a), partners], 1))
-        overlap_list.append(ov[a, partners])
+            out.append(zbuf.index_select(0, pix[s:s + n]))
+            s += n
+        return torch.cat(out) if out else pix.new_zeros(0, dtype=dtype)
+
+    # the pairs' matches, for groups of consecutive frames a with at most MATCH_CANDIDATES candidates (or one a)
+    pix_list, pt_list, counts = [], [], []
+    cand = np.cumsum(point_offsets[pairs[:, 1] + 1] - point_offsets[pairs[:, 1]])
+    q0 = 0
+    while q0 < len(pairs):
+        q1 = max(int(np.searchsorted(cand, (cand[q0 - 1] if q0 else 0) + MATCH_CANDIDATES, "right")), q0 + 1)
+        q1 = int(np.searchsorted(pairs[:, 0], pairs[q1 - 1, 0], "right"))  # whole frames a
+        pix, idx, per_pair = match_pairs(all_pts, point_offsets, pairs[q0:q1], P_color, Wc, Hc, tol, observed)
         pix_list.append(pix)
         pt_list.append(idx)
-        counts.append(per_b)
-        depths[a] = None  # free as we go
+        counts.append(per_pair)
+        q0 = q1
+    depths = None  # free before the outputs are assembled
 
     if F:
-        pairs = torch.cat(pair_list).cpu().numpy().astype(np.int32)
-        overlap = torch.cat(overlap_list).cpu().numpy().astype(np.float32)
+        overlap = ov[torch.as_tensor(pairs[:, 0], device=dev), torch.as_tensor(pairs[:, 1], device=dev)]
+        pairs, overlap = pairs.astype(np.int32), overlap.cpu().numpy().astype(np.float32)
         matches = torch.stack([torch.cat(pix_list), torch.cat(pt_list)], 1).cpu().numpy().astype(np.int32)
         per_pair = torch.cat(counts).cpu().numpy().astype(np.int64)
         points = all_pts.cpu().numpy().astype(np.float32)
