@@ -49,7 +49,8 @@ def rule_params(rule: str) -> list[str]:
                            "clip.bootstrap", "tracking"],
         "correspondences": ["seed", "correspondences", "tracking"],
         "clip_features": ["seed", "clip", "correspondences.frame_skip", "tracking"],
-        "tables": ["finetune", "pretrain", "variations", "tracking"],
+        # the teacher table asks which rules a variation reruns (varied_rules): it reads every upstream rule's params
+        "tables": ["seed", "clip", "correspondences", "finetune", "pretrain", "variations", "tracking"],
         "figures": ["finetune"],
     }
     if rule == "pretrain":

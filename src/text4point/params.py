@@ -210,7 +210,9 @@ def variation(cfg: dict, name: str, source: str = "params.yaml") -> dict:
             raise InputError(f"{where}.scale: {key}: expected a numeric param, got {got!r}")
         value = node[leaf] * factor
         node[leaf] = int(round(value)) if isinstance(node[leaf], int) else value
-    out = validate(merged, f"{where}.set")
+    # a job's params (from_json) hold only the sections its rule reads: validated section by section, as there
+    partial = any(k not in cfg for k in schema().get("required", []))
+    out = validate(merged, f"{where}.set", sections_only=partial)
     out.pop("variations", None)
     return out
 
