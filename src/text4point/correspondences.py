@@ -72,8 +72,7 @@ from tqdm import tqdm
 from .corrfiles import FORMAT, write_scene_correspondences
 from .errors import bad
 from .fsutil import write_json
-from .corrgeom import (color_zbuffer, frame_overlaps, match_pairs, match_points, nonzero_1d,  # noqa: F401
-                       sample_colors, sample_colors_frames, voxelize_frames)
+from .corrgeom import color_zbuffer, frame_overlaps, match_pairs, nonzero_1d, sample_colors_frames, voxelize_frames
 from .geometry import GRID_HALF, as_matrix, in_grid, projection_matrix
 from .runtime import cpu_threads, resolve_device
 from .scene import Dataset, FrameDefect, Scene

@@ -1,12 +1,13 @@
 """Geometry of the ``correspondences`` stage (:mod:`text4point.correspondences` documents the method): the
-colour-resolution z-buffer, the depth test, colour sampling and frame overlaps, one frame at a time, and the same
-steps batched over the frames of a scan, which ``process_scene`` uses.
+colour-resolution z-buffer of one frame, frame overlaps, and voxelization, colour sampling and the depth test
+batched over the frames of a scan, which ``process_scene`` uses.
 
-Batched steps give exactly what the per-frame ones give: every per-frame matrix product is still one ``addmm``
-of that frame's points (the same float32 rounding), what follows is elementwise, and each voxel's points are
-summed in their pixel order. Voxels are de-duplicated without sorting where a frame's box of occupied voxels is
-small enough (a dense occupancy table over frame-local cell keys whose order is the grid key's order), within
-``DENSE_CELLS`` cells per table; ``torch.unique`` otherwise.
+The batched steps give exactly what one frame at a time gives (``geometry.project_with``, ``geometry.voxelize``):
+every per-frame matrix product is still one ``addmm`` of that frame's points (the same float32 rounding), what
+follows is elementwise, and each voxel's points are summed in their pixel order. Voxels are de-duplicated
+without sorting where a frame's box of occupied voxels is small enough (a dense occupancy table over frame-local
+cell keys whose order is the grid key's order), within ``DENSE_CELLS`` cells per table; ``torch.unique``
+otherwise.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .geometry import GRID_HALF, backproject, project, project_with
+from .geometry import GRID_HALF, backproject, pixels, project
 
 MAX_SPLAT_RADIUS = 4.0  # colour pixels; bounds the footprint of a depth sample seen from very close
 DENSE_CELLS = 1 << 24  # cells one dense de-duplication table may span (one bool and one int64 each)
@@ -72,29 +73,6 @@ def _zbuffer(pts: torch.Tensor, z_depth: torch.Tensor, K_depth: torch.Tensor, K_
     return zbuf.scatter_reduce_(0, target.reshape(-1), zz.reshape(-1), "amin")[:hw]
 
 
-def match_points(points_world: torch.Tensor, zbuf: torch.Tensor, P_color: torch.Tensor, width: int, height: int,
-                 depth_tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(colour pixel index v * W + u, row into ``points_world``) of the points that pass the depth test.
-
-    ``P_color``: ``projection_matrix`` of the colour camera; ``zbuf``: its observed depth (``color_zbuffer``).
-    """
-    _, z, inside, ui = project_with(points_world, P_color, width, height)
-    ui = ui.long()
-    pix = torch.where(inside, ui[:, 1] * width + ui[:, 0], torch.zeros_like(ui[:, 0]))
-    ok = inside & ((zbuf.index_select(0, pix) - z).abs() <= depth_tolerance)  # inf (no sample) never passes
-    rows = torch.nonzero(ok).squeeze(1)
-    return pix.index_select(0, rows), rows
-
-
-def sample_colors(points_world: torch.Tensor, color: torch.Tensor, P_color: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """uint8 rgb [N, 3] of the colour pixel each point projects to (clamped to the image); and how many fell outside."""
-    H, W = color.shape[:2]
-    _, _, inside, ui = project_with(points_world, P_color, W, H)
-    u = ui[:, 0].nan_to_num(0).clamp(0, W - 1).long()
-    v = ui[:, 1].nan_to_num(0).clamp(0, H - 1).long()
-    return color.reshape(-1, 3).index_select(0, v * W + u), int((~inside).sum().item())
-
-
 def frame_overlaps(keys: list[torch.Tensor], chunk_elems: int = 1 << 24) -> torch.Tensor:
     """[F, F] overlap |keys_i ∩ keys_j| / min(|keys_i|, |keys_j|) of per-frame sorted unique voxel keys."""
     F = len(keys)
@@ -137,12 +115,7 @@ def project_segments(points: torch.Tensor, P: list[torch.Tensor], sizes: list[in
     if not parts:
         z = points.new_zeros(0)
         return z, torch.zeros(0, dtype=torch.bool, device=points.device), points.new_zeros((0, 2))
-    img = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
-    z, w = img[3], img[2]
-    front = (z > 1e-6) & (w > 1e-12)
-    uv = (img[:2] / torch.where(front, w, torch.ones_like(w))).T
-    ui = torch.floor(uv + 0.5)
-    inside = front & (ui[:, 0] >= 0) & (ui[:, 0] < width) & (ui[:, 1] >= 0) & (ui[:, 1] < height)
+    _, z, inside, ui = pixels(torch.cat(parts, 1) if len(parts) > 1 else parts[0], width, height)
     return z, inside, ui
 
 
@@ -227,8 +200,9 @@ def voxelize_frames(points: torch.Tensor, counts: list[int], voxel_size: float,
 
 def sample_colors_frames(points: torch.Tensor, colors: torch.Tensor, P: list[torch.Tensor],
                          sizes: list[int]) -> tuple[torch.Tensor, int]:
-    """``sample_colors`` of consecutive segments of ``points`` (``sizes[f]`` rows) in the images ``colors``
-    [B, H, W, 3] with the projection matrices ``P[f]``."""
+    """uint8 rgb [N, 3] of the colour pixel each point projects to (clamped to the image), for consecutive
+    segments of ``points`` (``sizes[f]`` rows) in the images ``colors`` [B, H, W, 3] with the projection matrices
+    ``P[f]``; and how many points fell outside their image."""
     B, H, W = colors.shape[:3]
     _, inside, ui = project_segments(points, P, sizes, W, H)
     u = ui[:, 0].nan_to_num(0).clamp(0, W - 1).long()
@@ -241,7 +215,7 @@ def sample_colors_frames(points: torch.Tensor, colors: torch.Tensor, P: list[tor
 
 def match_pairs(points: torch.Tensor, offsets: np.ndarray, pairs: np.ndarray, P: list[torch.Tensor], width: int,
                 height: int, depth_tolerance: float, observed) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``match_points`` of the pairs (a, b) ``pairs`` [Q, 2] (sorted, host) at once: b's points, rows
+    """The depth test of the pairs (a, b) ``pairs`` [Q, 2] (sorted, host) at once: b's points, rows
     ``offsets[b]:offsets[b + 1]`` of ``points``, in a's colour camera ``P[a]``. ``observed(a_ids, a_lens, pix)``:
     a's observed depth at the pixels ``pix`` of its candidates (``a_lens[k]`` for ``a_ids[k]``, in order; inf =
     no sample). Returns (colour pixel indices, point rows, matches per pair [Q]), pair after pair.

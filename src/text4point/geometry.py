@@ -62,7 +62,11 @@ def projection_matrix(K, cam_to_world, dtype=torch.float32, device=None) -> torc
 def project_with(points_world: torch.Tensor, P: torch.Tensor, width: int, height: int):
     """Project world points [N, 3] with a :func:`projection_matrix` ``P``: (uv [N, 2], z [N], inside [N],
     the rounded pixel ``floor(uv + 0.5)`` [N, 2] as floats)."""
-    img = torch.addmm(P[:, 3:4], P[:, :3], points_world.T)  # [4, N]
+    return pixels(torch.addmm(P[:, 3:4], P[:, :3], points_world.T), width, height)
+
+
+def pixels(img: torch.Tensor, width: int, height: int):
+    """What :func:`project_with` returns, from the product ``img`` = P [x y z 1]^T [4, N]."""
     z, w = img[3], img[2]
     front = (z > 1e-6) & (w > 1e-12)
     uv = (img[:2] / torch.where(front, w, torch.ones_like(w))).T
