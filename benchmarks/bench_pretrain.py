@@ -16,7 +16,12 @@ uses one intra-op thread, and so does this benchmark). Medians of --repeats.
 2. Throughput (points per second of training steps) and peak memory for PointNet++ and Point Transformer
    at two widths, each in a fresh process (peak RSS on CPU, `max_memory_allocated` on CUDA).
 3. Epoch time of run_stage at 4 values of `max_points`, with the exponent of a power-law fit of epoch time
-   against the points processed per epoch (target 0.9-1.1: linear in the data).
+   against the points processed per epoch (target 0.9-1.1: linear in the data). A frame's InfoNCE has
+   ``m x m`` logits for its ``m = min(num_matches, matched points)`` sampled matches, so while clouds are smaller
+   than ``num_matches`` the loss grows with the square of the cloud; the scaling is measured twice, at
+   params.yaml's `num_matches` and at `--fixed-matches` (fewer than the smallest size offers, so every size draws
+   the same number per frame), with the matches per frame of each row. The difference of the two is the part of
+   an epoch that depends on the match count.
 
 Writes results/benchmarks/pretrain.json and pretrain.md.
 """
@@ -244,14 +249,17 @@ def throughput(cfg: dict, paths: dict, steps: int, repeats: int) -> list[dict]:
     return rows
 
 
-def epoch_scaling(cfg: dict, paths: dict, repeats: int) -> dict:
+def epoch_scaling(cfg: dict, paths: dict, repeats: int, num_matches: int | None = None) -> dict:
+    """Epoch seconds at each of SIZES (``max_points``), at ``num_matches`` (params.yaml's when None)."""
     from text4point.pretrain import PretrainJob, run_stage
 
     rows = []
     for size in SIZES:
         c = copy.deepcopy(cfg)
         c["pretrain"].update(max_points=size, epochs=1)
-        secs, pts = [], []
+        if num_matches is not None:
+            c["pretrain"]["num_matches"] = int(num_matches)
+        secs, pts, matches = [], [], []
         for rep in range(repeats):
             with tempfile.TemporaryDirectory() as tmp:
                 m = run_stage(PretrainJob(c, paths["world"], paths["corr"], paths["feat"], "text4point",
@@ -259,8 +267,10 @@ def epoch_scaling(cfg: dict, paths: dict, repeats: int) -> dict:
                                           progress=False, zeroshot_eval=False, track=False))
             secs.append(m["per_epoch"][0]["seconds"])
             pts.append(m["points_seen"])
+            matches.append(m["matches_seen"] / max(1, m["items"]))
         row = {"max_points": size, "epoch_seconds": round(statistics.median(secs), 3),
-               "points_per_epoch": int(statistics.median(pts)), "steps": m["steps"]}
+               "points_per_epoch": int(statistics.median(pts)), "steps": m["steps"],
+               "matches_per_frame": round(statistics.median(matches), 1)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     x = np.log([r["points_per_epoch"] for r in rows])
@@ -268,8 +278,8 @@ def epoch_scaling(cfg: dict, paths: dict, repeats: int) -> dict:
     slope = float(np.polyfit(x, y, 1)[0])
     # the upper half alone: fixed per-step costs (python, data) flatten the small sizes
     slope_top = float(np.polyfit(x[len(x) // 2 - 1:], y[len(y) // 2 - 1:], 1)[0])
-    return {"rows": rows, "exponent": round(slope, 3), "exponent_largest_three": round(slope_top, 3),
-            "target": [0.9, 1.1], "in_target": 0.9 <= slope <= 1.1}
+    return {"num_matches": int(c["pretrain"]["num_matches"]), "rows": rows, "exponent": round(slope, 3),
+            "exponent_largest_three": round(slope_top, 3), "target": [0.9, 1.1], "in_target": 0.9 <= slope <= 1.1}
 
 
 def main() -> None:
@@ -279,6 +289,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--data"), ap.add_argument("--corr"), ap.add_argument("--feat")
     ap.add_argument("--clip-checkpoint")
+    ap.add_argument("--fixed-matches", type=int, default=128,
+                    help="num_matches of the second scaling run (0: skip it)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["breakdown", "throughput", "scaling"])
     ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -318,6 +330,8 @@ def main() -> None:
             result["throughput"] = throughput(cfg, paths, args.steps, args.repeats)
         if "scaling" not in args.skip:
             result["epoch_scaling"] = epoch_scaling(cfg, paths, args.repeats)
+            if args.fixed_matches:
+                result["epoch_scaling_fixed_matches"] = epoch_scaling(cfg, paths, args.repeats, args.fixed_matches)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "pretrain.json", result)
@@ -379,15 +393,23 @@ def _markdown(r: dict) -> str:
         lines += ["", "Peak RSS is the whole process (Python, torch, open_clip imports: about 1.1 GB before any "
                       "step); the activation memory of a step is the 'saved for backward' column.", ""]
     if "epoch_scaling" in r:
-        s = r["epoch_scaling"]
-        lines += ["## Epoch time against cloud size (run_stage, 1 epoch)", "",
-                  "| max_points | points per epoch | steps | epoch seconds |", "|---|---|---|---|"]
-        for row in s["rows"]:
-            lines.append(f"| {row['max_points']} | {row['points_per_epoch']} | {row['steps']} | "
-                         f"{row['epoch_seconds']} |")
-        lines += ["", f"Fitted exponent (epoch seconds ~ points^k): k = {s['exponent']} (target 0.9-1.1: "
-                      f"{'met' if s['in_target'] else 'NOT met'}); over the three largest sizes k = "
-                      f"{s['exponent_largest_three']}.", ""]
+        lines += ["## Epoch time against cloud size (run_stage, 1 epoch)", ""]
+        runs = [r["epoch_scaling"]] + ([r["epoch_scaling_fixed_matches"]] if "epoch_scaling_fixed_matches" in r
+                                       else [])
+        for s in runs:
+            lines += [f"num_matches {s.get('num_matches', '(params.yaml)')}:", "",
+                      "| max_points | points per epoch | matches per frame | steps | epoch seconds |",
+                      "|---|---|---|---|---|"]
+            for row in s["rows"]:
+                lines.append(f"| {row['max_points']} | {row['points_per_epoch']} | {row.get('matches_per_frame', '')} "
+                             f"| {row['steps']} | {row['epoch_seconds']} |")
+            lines += ["", f"Fitted exponent (epoch seconds ~ points^k): k = {s['exponent']} (target 0.9-1.1: "
+                          f"{'met' if s['in_target'] else 'NOT met'}); over the three largest sizes k = "
+                          f"{s['exponent_largest_three']}.", ""]
+        if len(runs) == 2:
+            lines += ["Seconds of an epoch that depend on the match count (first run minus second), per size: "
+                      + ", ".join(f"{a['max_points']}: {a['epoch_seconds'] - b['epoch_seconds']:.2f}"
+                                  for a, b in zip(runs[0]["rows"], runs[1]["rows"])) + ".", ""]
     return "\n".join(lines)
 
 

@@ -260,11 +260,12 @@ def _run(job: PretrainJob, dist: Dist, t_start: float) -> dict:
         for batch in loader:
             yield batch.to(dev, non_blocking=True)
 
-    points_seen = 0
+    points_seen = matches_seen = 0
 
     def forward(batch):
-        nonlocal points_seen
+        nonlocal points_seen, matches_seen
         points_seen += batch.num_points
+        matches_seen += sum(batch.m_counts)
         return ddp_model(batch)
 
     identity_meta = {"params": logged_params, "train_params": train_params, "params_hash": phash,
@@ -315,6 +316,7 @@ def _run(job: PretrainJob, dist: Dist, t_start: float) -> dict:
             metrics.update({f"final_{k}": v for k, v in trainer.epochs[-1].items() if k not in ("epoch", "seconds")})
             metrics["seconds_train"] = round(t_train, 2)
             metrics["points_seen"] = int(points_seen * dist.world)
+            metrics["matches_seen"] = int(matches_seen * dist.world)
             metrics["points_per_second"] = round(points_seen * dist.world / t_train, 1) if t_train > 0 else 0.0
         if dist.main:
             save({"model": sd, "meta": meta}, job.out_checkpoint)
