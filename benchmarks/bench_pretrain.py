@@ -16,12 +16,15 @@ uses one intra-op thread, and so does this benchmark). Medians of --repeats.
 2. Throughput (points per second of training steps) and peak memory for PointNet++ and Point Transformer
    at two widths, each in a fresh process (peak RSS on CPU, `max_memory_allocated` on CUDA).
 3. Epoch time of run_stage at 4 values of `max_points`, with the exponent of a power-law fit of epoch time
-   against the points processed per epoch (target 0.9-1.1: linear in the data). A frame's InfoNCE has
-   ``m x m`` logits for its ``m = min(num_matches, matched points)`` sampled matches, so while clouds are smaller
-   than ``num_matches`` the loss grows with the square of the cloud; the scaling is measured twice, at
-   params.yaml's `num_matches` and at `--fixed-matches` (fewer than the smallest size offers, so every size draws
-   the same number per frame), with the matches per frame of each row. The difference of the two is the part of
-   an epoch that depends on the match count.
+   against the points processed per epoch (target 0.9-1.1: linear in the data). The sizes follow the frames
+   pre-training draws (its dataset's items, before the cap): the largest is their 25th percentile, so that at
+   every size at least three quarters of the frames are cut to it, and each smaller one halves it (a fixed list
+   goes stale when the voxel size or the frame size changes: at 10 cm, caps of 1000 and 2000 kept nearly the
+   same points). A frame's InfoNCE has ``m x m`` logits for its ``m = min(num_matches, matched points)`` sampled
+   matches, so while clouds are smaller than ``num_matches`` the loss grows with the square of the cloud; the
+   scaling is measured twice, at params.yaml's `num_matches` and at `--fixed-matches` (by default half the
+   smallest size, fewer than any size offers, so every size draws the same number per frame), with the matches
+   per frame of each row. The difference of the two is the part of an epoch that depends on the match count.
 
 Writes results/benchmarks/pretrain.json and pretrain.md.
 """
@@ -51,7 +54,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from text4point import params as P  # noqa: E402
 from text4point.fsutil import write_json, write_text  # noqa: E402
 
-SIZES = (250, 500, 1000, 2000)  # below most frames' size (median ~3500 voxels on the default world)
 WIDTHS = (16, 32)
 BACKBONES = ("pointnet2", "point_transformer")
 
@@ -84,18 +86,12 @@ def make_inputs(cfg: dict, root: Path) -> dict:
 
 
 def _setup(cfg: dict, paths: dict, variant: str, workers: int, dev: torch.device):
-    from text4point.clip.cache import load_features
-    from text4point.pretrain.data import build_dataset, collate_for
-    from text4point.pretrain.engine import build_model, clip_identity
-    from text4point.scene import Dataset
+    from text4point.pretrain.data import collate_for
+    from text4point.pretrain.engine import build_model
     from text4point.training import make_loader, make_optimizer, warmup_cosine
 
     pc = cfg["pretrain"]
-    ident = clip_identity(cfg, paths["feat"], paths.get("clip_checkpoint"))
-    fc = load_features(paths["feat"], ident)
-    ds = Dataset(paths["world"])
-    text = torch.as_tensor(fc.text()[ds.label_set.name]["prompt_embeddings"]).float()
-    dataset = build_dataset(variant, paths["corr"], paths["world"], fc, ds.split("train"), pc, int(cfg["seed"]))
+    dataset, text = _dataset(cfg, paths, variant)
     loader, sampler, _ = make_loader(dataset, collate_for(variant), int(pc["batch_size"]), workers, int(cfg["seed"]),
                                      dev)
     model = build_model(cfg, variant, int(text.shape[1]), text if variant == "text4point" else None).to(dev)
@@ -249,12 +245,22 @@ def throughput(cfg: dict, paths: dict, steps: int, repeats: int) -> list[dict]:
     return rows
 
 
-def epoch_scaling(cfg: dict, paths: dict, repeats: int, num_matches: int | None = None) -> dict:
-    """Epoch seconds at each of SIZES (``max_points``), at ``num_matches`` (params.yaml's when None)."""
+def scaling_sizes(frame_points: dict) -> list[int]:
+    """Four ``max_points``: the 25th percentile of the frames' points (rounded down to tens) and its halves."""
+    top = int(frame_points["p25"]) // 10 * 10
+    sizes = [top // 8, top // 4, top // 2, top]
+    if sizes[0] < 8:
+        raise ValueError(f"frames too small to measure epoch scaling: 25th percentile {frame_points['p25']} points "
+                         f"per frame, expected at least 80")
+    return sizes
+
+
+def epoch_scaling(cfg: dict, paths: dict, repeats: int, sizes: list[int], num_matches: int | None = None) -> dict:
+    """Epoch seconds at each of ``sizes`` (``max_points``), at ``num_matches`` (params.yaml's when None)."""
     from text4point.pretrain import PretrainJob, run_stage
 
     rows = []
-    for size in SIZES:
+    for size in sizes:
         c = copy.deepcopy(cfg)
         c["pretrain"].update(max_points=size, epochs=1)
         if num_matches is not None:
@@ -289,8 +295,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--data"), ap.add_argument("--corr"), ap.add_argument("--feat")
     ap.add_argument("--clip-checkpoint")
-    ap.add_argument("--fixed-matches", type=int, default=128,
-                    help="num_matches of the second scaling run (0: skip it)")
+    ap.add_argument("--fixed-matches", type=int, default=-1,
+                    help="num_matches of the second scaling run (default: half the smallest size; 0: skip it)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["breakdown", "throughput", "scaling"])
     ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -318,7 +324,7 @@ def main() -> None:
             result["inputs"] = f"generated (1 clip, 2 train, 1 val scenes) in {time.perf_counter() - t0:.1f} s"
         from text4point.pretrain.data import FrameDataset  # noqa: F401 - import cost outside the timings
 
-        frame_points = _frame_points(paths["corr"], paths["world"])
+        frame_points = _frame_points(cfg, paths)
         result["frame_points"] = frame_points
         result["config"] = {k: cfg["pretrain"][k] for k in ("backbone", "width", "bottleneck_dim", "out_dim",
                                                              "batch_size", "num_matches", "max_points", "workers")}
@@ -329,9 +335,11 @@ def main() -> None:
         if "throughput" not in args.skip:
             result["throughput"] = throughput(cfg, paths, args.steps, args.repeats)
         if "scaling" not in args.skip:
-            result["epoch_scaling"] = epoch_scaling(cfg, paths, args.repeats)
-            if args.fixed_matches:
-                result["epoch_scaling_fixed_matches"] = epoch_scaling(cfg, paths, args.repeats, args.fixed_matches)
+            sizes = scaling_sizes(frame_points)
+            result["epoch_scaling"] = epoch_scaling(cfg, paths, args.repeats, sizes)
+            fixed = sizes[0] // 2 if args.fixed_matches < 0 else args.fixed_matches
+            if fixed:
+                result["epoch_scaling_fixed_matches"] = epoch_scaling(cfg, paths, args.repeats, sizes, fixed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "pretrain.json", result)
@@ -339,14 +347,28 @@ def main() -> None:
     print(json.dumps(result, indent=2))
 
 
-def _frame_points(corr: Path, world: Path) -> dict:
+def _dataset(cfg: dict, paths: dict, variant: str):
+    """The pre-training dataset of ``variant`` on the train split, and the CLIP text embeddings of the label set."""
+    from text4point.clip.cache import load_features
+    from text4point.pretrain.data import build_dataset
+    from text4point.pretrain.engine import clip_identity
     from text4point.scene import Dataset
 
-    sizes = []
-    for sid in Dataset(world).split("train"):
-        po = np.load(Path(corr) / sid / "point_offsets.npy")
-        sizes += np.diff(po).tolist()
-    return {"frames": len(sizes), "median": float(np.median(sizes)), "min": int(min(sizes)), "max": int(max(sizes))}
+    ident = clip_identity(cfg, paths["feat"], paths.get("clip_checkpoint"))
+    fc = load_features(paths["feat"], ident)
+    ds = Dataset(paths["world"])
+    text = torch.as_tensor(fc.text()[ds.label_set.name]["prompt_embeddings"]).float()
+    dataset = build_dataset(variant, paths["corr"], paths["world"], fc, ds.split("train"), cfg["pretrain"],
+                            int(cfg["seed"]))
+    return dataset, text
+
+
+def _frame_points(cfg: dict, paths: dict) -> dict:
+    """Points of the frames text4point pre-training draws (its dataset's items), before the max_points cap."""
+    dataset, _ = _dataset(cfg, paths, "text4point")
+    sizes = np.array([int(np.diff(dataset.small[si]["point_offsets"][f:f + 2])[0]) for si, f in dataset.items])
+    return {"frames": int(len(sizes)), "median": float(np.median(sizes)), "p25": float(np.percentile(sizes, 25)),
+            "min": int(sizes.min()), "max": int(sizes.max())}
 
 
 def _median_breakdown(runs: list[dict]) -> dict:
@@ -367,7 +389,8 @@ def _markdown(r: dict) -> str:
              f"Device: {m['device']} ({m['cpus']} CPUs, one intra-op thread as run_stage uses on CPU; no GPU was "
              f"measured), torch {m['torch']}. Medians of {r['repeats']} repeats. Inputs: {r['inputs']}; train frames: "
              f"{r['frame_points']['frames']}, points per frame median {r['frame_points']['median']:.0f} "
-             f"({r['frame_points']['min']}-{r['frame_points']['max']}). Config: {r['config']}.", ""]
+             f"(25th percentile {r['frame_points'].get('p25', float('nan')):.0f}, {r['frame_points']['min']}-"
+             f"{r['frame_points']['max']}). Config: {r['config']}.", ""]
     if "step_breakdown" in r:
         b = r["step_breakdown"]
         lines += [f"## One step ({b['variant']}, {b['backbone']} width {b['width']}, batch {b['batch_size']}, "
