@@ -248,11 +248,10 @@ def throughput(cfg: dict, paths: dict, steps: int, repeats: int) -> list[dict]:
 def scaling_sizes(frame_points: dict) -> list[int]:
     """Four ``max_points``: the 25th percentile of the frames' points (rounded down to tens) and its halves."""
     top = int(frame_points["p25"]) // 10 * 10
-    sizes = [top // 8, top // 4, top // 2, top]
-    if sizes[0] < 8:
+    if top < 80:
         raise ValueError(f"frames too small to measure epoch scaling: 25th percentile {frame_points['p25']} points "
                          f"per frame, expected at least 80")
-    return sizes
+    return [top // 8, top // 4, top // 2, top]
 
 
 def epoch_scaling(cfg: dict, paths: dict, repeats: int, sizes: list[int], num_matches: int | None = None) -> dict:
@@ -295,7 +294,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--data"), ap.add_argument("--corr"), ap.add_argument("--feat")
     ap.add_argument("--clip-checkpoint")
-    ap.add_argument("--fixed-matches", type=int, default=-1,
+    ap.add_argument("--fixed-matches", type=int,
                     help="num_matches of the second scaling run (default: half the smallest size; 0: skip it)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["breakdown", "throughput", "scaling"])
     ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks"))
@@ -337,7 +336,7 @@ def main() -> None:
         if "scaling" not in args.skip:
             sizes = scaling_sizes(frame_points)
             result["epoch_scaling"] = epoch_scaling(cfg, paths, args.repeats, sizes)
-            fixed = sizes[0] // 2 if args.fixed_matches < 0 else args.fixed_matches
+            fixed = sizes[0] // 2 if args.fixed_matches is None else args.fixed_matches
             if fixed:
                 result["epoch_scaling_fixed_matches"] = epoch_scaling(cfg, paths, args.repeats, sizes, fixed)
     out = Path(args.out)
@@ -366,7 +365,8 @@ def _dataset(cfg: dict, paths: dict, variant: str):
 def _frame_points(cfg: dict, paths: dict) -> dict:
     """Points of the frames text4point pre-training draws (its dataset's items), before the max_points cap."""
     dataset, _ = _dataset(cfg, paths, "text4point")
-    sizes = np.array([int(np.diff(dataset.small[si]["point_offsets"][f:f + 2])[0]) for si, f in dataset.items])
+    sizes = np.array([int(dataset.small[si]["point_offsets"][f + 1] - dataset.small[si]["point_offsets"][f])
+                      for si, f in dataset.items])
     return {"frames": int(len(sizes)), "median": float(np.median(sizes)), "p25": float(np.percentile(sizes, 25)),
             "min": int(sizes.min()), "max": int(sizes.max())}
 
@@ -389,7 +389,7 @@ def _markdown(r: dict) -> str:
              f"Device: {m['device']} ({m['cpus']} CPUs, one intra-op thread as run_stage uses on CPU; no GPU was "
              f"measured), torch {m['torch']}. Medians of {r['repeats']} repeats. Inputs: {r['inputs']}; train frames: "
              f"{r['frame_points']['frames']}, points per frame median {r['frame_points']['median']:.0f} "
-             f"(25th percentile {r['frame_points'].get('p25', float('nan')):.0f}, {r['frame_points']['min']}-"
+             f"(25th percentile {r['frame_points']['p25']:.0f}, {r['frame_points']['min']}-"
              f"{r['frame_points']['max']}). Config: {r['config']}.", ""]
     if "step_breakdown" in r:
         b = r["step_breakdown"]
