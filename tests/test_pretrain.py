@@ -234,7 +234,8 @@ def test_tracked_run_with_zeroshot(pt_inputs, tmp_path, mlflow_sqlite):
     cfg = _cfg(pt_inputs, epochs=1)
     m = _run(pt_inputs, tmp_path / "ic", variant="image_contrast", cfg=cfg, zeroshot_eval=True, track=True,
              log_every=1)
-    for key in ("zeroshot_miou", "zeroshot_miou_random", "zeroshot_miou_teacher", "zeroshot_accuracy_teacher"):
+    for key in ("zeroshot_miou", "zeroshot_miou_random", "zeroshot_miou_teacher", "zeroshot_accuracy_teacher",
+                "zeroshot_miou_covered", "zeroshot_accuracy_covered", "zeroshot_teacher_agreement"):
         assert 0.0 <= m[key] <= 1.0
     assert 0.0 < m["zeroshot_teacher_coverage"] <= 1.0  # the teacher sees part of every val scene's points
     run = mlflow.get_run(mlflow.search_runs(experiment_names=["text4point-test/pretrain"], output_format="list",
@@ -330,6 +331,53 @@ def test_zeroshot_evaluate_tiny_world(pt_inputs):
             ious.append(tp / union)
     assert r["miou"] == pytest.approx(float(np.mean(ious)))
     assert r["accuracy"] == pytest.approx(float(np.mean(pred[keep] == gt[keep])))
+
+
+def test_zeroshot_against_the_teacher_scores_both_on_the_points_the_teacher_sees(pt_inputs):
+    """evaluate(teacher=...): the network's scores restricted to the points the 2D teacher sees, the teacher's own
+    (what teacher_ceiling reports) and their agreement, equal to the same numbers computed by hand."""
+    import torch.nn.functional as F
+
+    from text4point.clip.cache import load_features
+    from text4point.metrics import confusion_matrix, iou_from_confusion
+    from text4point.pretrain import zeroshot
+    from text4point.pretrain.engine import clip_identity
+    from text4point.scene import Dataset
+
+    cfg = pt_inputs["cfg"]
+    fc = load_features(pt_inputs["feat"], clip_identity(cfg, pt_inputs["feat"], None))
+    _, text = _batch(pt_inputs, "image_contrast")
+    model = _model(cfg, "image_contrast", text)
+    ds = Dataset(pt_inputs["world"])
+    val = ds.split("val")
+    channels = tuple(cfg["pretrain"]["channels"])
+    r = zeroshot.evaluate(model, pt_inputs["world"], val, text, 0.1, "cpu", channels, teacher=(fc, 0.05))
+    assert r["teacher"] == zeroshot.teacher_ceiling(pt_inputs["world"], fc, val, text, 0.05)
+    plain = zeroshot.evaluate(model, pt_inputs["world"], val, text, 0.1, "cpu", channels)
+    assert r["miou"] == plain["miou"] and r["accuracy"] == plain["accuracy"]
+    conf_net, conf_teacher = np.zeros((20, 20), np.int64), np.zeros((20, 20), np.int64)
+    agree = seen_labelled = labelled = 0
+    for sid in val:
+        scene = ds.scene(sid)
+        cloud = scene.points()
+        gt = cloud["semantic"].astype(np.int64)
+        pred = zeroshot.predict_points(model.eval(), cloud["xyz"], cloud["rgb"], text, 0.1, "cpu", channels)
+        votes, seen = zeroshot.teacher_votes(scene, fc, sid, torch.as_tensor(cloud["xyz"], dtype=torch.float32),
+                                             F.normalize(text.float(), dim=1), 0.05)
+        seen = seen.numpy()
+        by_teacher = votes.argmax(1).numpy()
+        conf_net += confusion_matrix(pred[seen], gt[seen], 20)
+        conf_teacher += confusion_matrix(by_teacher[seen], gt[seen], 20)
+        keep = seen & (gt != 255)
+        agree += int((pred[keep] == by_teacher[keep]).sum())
+        seen_labelled += int(keep.sum())
+        labelled += int((gt != 255).sum())
+    assert 0 < seen_labelled < labelled  # the teacher sees part of the labelled points, not all
+    assert r["covered"]["miou"] == pytest.approx(iou_from_confusion(conf_net)[0])
+    assert r["covered"]["accuracy"] == pytest.approx(np.trace(conf_net) / conf_net.sum())
+    assert r["teacher"]["miou"] == pytest.approx(iou_from_confusion(conf_teacher)[0])
+    assert r["teacher"]["coverage"] == pytest.approx(seen_labelled / labelled)
+    assert r["agreement"] == pytest.approx(agree / seen_labelled)
 
 
 def test_cross_frame_param_adds_the_overlapping_frames_images_as_match_sources(pt_inputs):

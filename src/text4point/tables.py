@@ -67,6 +67,8 @@ ZEROSHOT = [("zeroshot_miou", "zero-shot mIoU"), ("zeroshot_accuracy", "zero-sho
             ("zeroshot_miou_random", "untrained network mIoU"), ("zeroshot_accuracy_random", "untrained accuracy"),
             ("zeroshot_miou_majority_constant", "every point = most frequent class, mIoU"),
             ("zeroshot_miou_teacher", "2D teacher mIoU (points it sees)"),
+            ("zeroshot_miou_covered", "network mIoU on the points the teacher sees"),
+            ("zeroshot_teacher_agreement", "network = teacher there"),
             ("zeroshot_teacher_coverage", "2D teacher coverage of the labelled points")]
 
 

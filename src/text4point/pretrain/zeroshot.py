@@ -77,39 +77,117 @@ def predict_points(model, xyz: np.ndarray, rgb: np.ndarray, text: torch.Tensor, 
 
 
 @torch.no_grad()
+def teacher_votes(scene, features, sid: str, xyz: torch.Tensor, text: torch.Tensor,
+                  depth_tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 2D teacher's votes for the points ``xyz`` [N, 3] of ``scene`` (:func:`teacher_ceiling`'s labelling):
+    ``(votes [N, K], seen [N])``, the summed cosine scores against the L2-normalized ``text`` [K, d] of the cached
+    frames that see each point, and whether any frame sees it."""
+    from ..clip.dense import pixel_to_cell
+
+    votes = torch.zeros((len(xyz), text.shape[0]))
+    seen = torch.zeros(len(xyz), dtype=torch.bool)
+    ccam, dcam = scene.cameras()
+    grid = features.grid(sid)
+    feats = features.features(sid)
+    for row, frame in enumerate(features.frames(sid).tolist()):
+        try:
+            pose = scene.pose(frame)
+            depth = torch.as_tensor(scene.depth(frame))
+        except FrameDefect:
+            continue
+        uvd, zd, inside_d = project(xyz, torch.as_tensor(dcam.K), torch.as_tensor(pose @ dcam.extrinsic),
+                                    dcam.width, dcam.height)
+        uid = torch.floor(uvd + 0.5)  # the pixel a point falls in, as ``project`` defines ``inside``
+        ud = uid[:, 0].clamp(0, dcam.width - 1).long()
+        vd = uid[:, 1].clamp(0, dcam.height - 1).long()
+        observed = depth[vd, ud]
+        visible = inside_d & (observed > 0) & ((zd - observed).abs() < depth_tolerance)
+        uvc, _, inside_c = project(xyz, torch.as_tensor(ccam.K), torch.as_tensor(pose @ ccam.extrinsic),
+                                   ccam.width, ccam.height)
+        uic = torch.floor(uvc + 0.5)
+        visible &= inside_c
+        idx = torch.nonzero(visible).squeeze(1)
+        if len(idx) == 0:
+            continue
+        r, c = pixel_to_cell(uic[idx, 0].numpy(), uic[idx, 1].numpy(), grid)
+        f = F.normalize(torch.as_tensor(np.asarray(feats[row])[r, c], dtype=torch.float32), dim=1)
+        votes.index_add_(0, idx, f @ text.T)
+        seen[idx] = True
+    return votes, seen
+
+
+def _scores(conf: np.ndarray, classes: list[str]) -> dict:
+    miou, ious = iou_from_confusion(conf)
+    total = int(conf.sum())
+    return {"miou": miou, "accuracy": float(np.trace(conf) / total) if total else 0.0,
+            "iou": dict(zip(classes, ious)), "classes_evaluated": sum(v is not None for v in ious)}
+
+
+@torch.no_grad()
 def evaluate(model, data_root: Path, scene_ids: list[str], text: torch.Tensor, voxel_size: float, device,
-             channels: tuple[str, ...], classes: list[str] | None = None, upsample: str = "nearest") -> dict:
+             channels: tuple[str, ...], classes: list[str] | None = None, upsample: str = "nearest",
+             teacher: tuple | None = None) -> dict:
     """Zero-shot mIoU of ``model`` over ``scene_ids`` (typically the val split) of the dataset at ``data_root``.
 
-    Returns ``{"miou", "accuracy", "iou": {class: IoU or None}, "classes_evaluated", "points", "scenes"}``.
+    Returns ``{"miou", "accuracy", "iou": {class: IoU or None}, "classes_evaluated", "points", "scenes"}`` and
+    the majority-constant reference. ``teacher=(features, depth_tolerance)`` (the ``clip_features`` cache) also
+    scores the 2D teacher on the labelled points its frames see (:func:`teacher_votes`) and the model on those
+    same points, so that the two compare on equal terms: ``"teacher"`` (:func:`teacher_ceiling`'s dict),
+    ``"covered"`` (the model's ``miou``/``accuracy``/``iou`` there) and ``"agreement"`` (the share of those
+    points where the model's class is the teacher's). ``model=None`` scores the teacher alone.
     """
-    was_training = model.training
-    model.eval()
     ds = Dataset(data_root)
     classes = list(classes or ds.label_set.classes)
     k = len(classes)
     if text.shape[0] != k:
         raise ValueError(f"text: expected {k} class embeddings (label set {ds.label_set.name}), got {text.shape[0]}")
-    conf = np.zeros((k, k), np.int64)
-    points = 0
+    conf, conf_cov, conf_teacher = (np.zeros((k, k), np.int64) for _ in range(3))
+    points = agree = seen_total = labelled_total = 0
+    t = F.normalize(text.float(), dim=1)
+    was_training = model.training if model is not None else False
+    if model is not None:
+        model.eval()
     try:
         for sid in scene_ids:
-            cloud = ds.scene(sid).points()
-            pred = predict_points(model, cloud["xyz"], cloud["rgb"], text, voxel_size, device, channels, upsample)
-            conf += confusion_matrix(pred, cloud["semantic"], k)
-            points += len(pred)
+            scene = ds.scene(sid)
+            cloud = scene.points()
+            sem = np.asarray(cloud["semantic"], np.int64)
+            pred = None
+            if model is not None:
+                pred = predict_points(model, cloud["xyz"], cloud["rgb"], text, voxel_size, device, channels, upsample)
+                conf += confusion_matrix(pred, sem, k)
+                points += len(pred)
+            if teacher is not None:
+                features, depth_tolerance = teacher
+                xyz = torch.as_tensor(np.asarray(cloud["xyz"], np.float32))
+                votes, seen = teacher_votes(scene, features, sid, xyz, t, float(depth_tolerance))
+                m = seen.numpy()
+                by_teacher = votes.argmax(1).numpy()
+                conf_teacher += confusion_matrix(by_teacher[m], sem[m], k)
+                labelled = sem != IGNORE_LABEL
+                seen_total += int((labelled & m).sum())
+                labelled_total += int(labelled.sum())
+                if pred is not None:
+                    conf_cov += confusion_matrix(pred[m], sem[m], k)
+                    agree += int((pred[m & labelled] == by_teacher[m & labelled]).sum())
     finally:
-        model.train(was_training)
-    miou, ious = iou_from_confusion(conf)
-    total = int(conf.sum())
-    gt_counts = conf.sum(1)
-    present = int((gt_counts > 0).sum())
-    # reference: every point labelled with the most frequent ground-truth class (IoU = its share)
-    majority = float(gt_counts.max() / total / present) if total else 0.0
-    return {"miou": miou, "accuracy": float(np.trace(conf) / total) if total else 0.0,
-            "iou": dict(zip(classes, ious)), "classes_evaluated": sum(v is not None for v in ious),
-            "points": int(points), "scenes": len(scene_ids), "miou_majority_constant": majority,
-            "accuracy_majority_constant": float(gt_counts.max() / total) if total else 0.0}
+        if model is not None:
+            model.train(was_training)
+    out: dict = {"scenes": len(scene_ids)}
+    if model is not None:
+        total = int(conf.sum())
+        gt_counts = conf.sum(1)
+        present = int((gt_counts > 0).sum())
+        # reference: every point labelled with the most frequent ground-truth class (IoU = its share)
+        out.update(_scores(conf, classes), points=int(points),
+                   miou_majority_constant=float(gt_counts.max() / total / present) if total else 0.0,
+                   accuracy_majority_constant=float(gt_counts.max() / total) if total else 0.0)
+    if teacher is not None:
+        out["teacher"] = {**_scores(conf_teacher, classes), "coverage": seen_total / max(labelled_total, 1)}
+        if model is not None:
+            out["covered"] = _scores(conf_cov, classes)
+            out["agreement"] = agree / max(seen_total, 1)
+    return out
 
 
 @torch.no_grad()
@@ -121,58 +199,10 @@ def teacher_ceiling(data_root: Path, features, scene_ids: list[str], text: torch
     is visible (``|z - depth| < depth_tolerance`` at the depth pixel it falls in), the frame's dense CLIP
     feature at that pixel votes with its cosine scores against ``text``; a point takes the class of its summed
     votes. Points no frame sees are left out (``coverage`` says how many were seen). Returns ``{"miou",
-    "accuracy", "coverage", ...}`` like :func:`evaluate`.
+    "accuracy", "iou", "classes_evaluated", "coverage"}``.
     """
-    from ..clip.dense import pixel_to_cell
-
-    ds = Dataset(data_root)
-    classes = list(classes or ds.label_set.classes)
-    k = len(classes)
-    t = F.normalize(text.float(), dim=1)
-    conf = np.zeros((k, k), np.int64)
-    seen_total = labelled_total = 0
-    for sid in scene_ids:
-        scene = ds.scene(sid)
-        pts = scene.points()
-        xyz = torch.as_tensor(np.asarray(pts["xyz"], np.float32))
-        votes = torch.zeros((len(xyz), k))
-        seen = torch.zeros(len(xyz), dtype=torch.bool)
-        ccam, dcam = scene.cameras()
-        grid = features.grid(sid)
-        feats = features.features(sid)
-        for row, frame in enumerate(features.frames(sid).tolist()):
-            try:
-                pose = scene.pose(frame)
-                depth = torch.as_tensor(scene.depth(frame))
-            except FrameDefect:
-                continue
-            uvd, zd, inside_d = project(xyz, torch.as_tensor(dcam.K), torch.as_tensor(pose @ dcam.extrinsic),
-                                        dcam.width, dcam.height)
-            uid = torch.floor(uvd + 0.5)  # the pixel a point falls in, as ``project`` defines ``inside``
-            ud = uid[:, 0].clamp(0, dcam.width - 1).long()
-            vd = uid[:, 1].clamp(0, dcam.height - 1).long()
-            observed = depth[vd, ud]
-            visible = inside_d & (observed > 0) & ((zd - observed).abs() < depth_tolerance)
-            uvc, _, inside_c = project(xyz, torch.as_tensor(ccam.K), torch.as_tensor(pose @ ccam.extrinsic),
-                                       ccam.width, ccam.height)
-            uic = torch.floor(uvc + 0.5)
-            visible &= inside_c
-            idx = torch.nonzero(visible).squeeze(1)
-            if len(idx) == 0:
-                continue
-            r, c = pixel_to_cell(uic[idx, 0].numpy(), uic[idx, 1].numpy(), grid)
-            f = F.normalize(torch.as_tensor(np.asarray(feats[row])[r, c], dtype=torch.float32), dim=1)
-            votes.index_add_(0, idx, f @ t.T)
-            seen[idx] = True
-        sem = np.asarray(pts["semantic"], np.int64)
-        m = seen.numpy()
-        conf += confusion_matrix(votes.argmax(1).numpy()[m], sem[m], k)
-        seen_total += int(((sem != IGNORE_LABEL) & m).sum())
-        labelled_total += int((sem != IGNORE_LABEL).sum())
-    miou, ious = iou_from_confusion(conf)
-    total = int(conf.sum())
-    return {"miou": miou, "accuracy": float(np.trace(conf) / total) if total else 0.0,
-            "iou": dict(zip(classes, ious)), "coverage": seen_total / max(labelled_total, 1)}
+    return evaluate(None, data_root, scene_ids, text, 0.0, "cpu", (), classes,
+                    teacher=(features, depth_tolerance))["teacher"]
 
 
-__all__ = ["evaluate", "predict_points", "teacher_ceiling", "voxel_cloud"]
+__all__ = ["evaluate", "predict_points", "teacher_ceiling", "teacher_votes", "voxel_cloud"]
