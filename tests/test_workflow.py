@@ -121,7 +121,7 @@ def test_a_typo_in_the_config_stops_snakemake_with_one_line():
 
 
 @pytest.mark.slow
-def test_tiny_pipeline_under_snakemake_and_dvc(tmp_path, tiny_reference):
+def test_tiny_pipeline_under_snakemake_and_dvc(tmp_path, request):
     """A stage's target builds only what it needs (dry runs on an empty project); the session's reference run (the
     tiny DAG, ``snakemake all`` from an empty project) left every stage's outputs, tables and figures and nothing
     due; the HTML report; then DVC on top of a copy of that run. That a run from clean reproduces the reference's
@@ -134,7 +134,7 @@ def test_tiny_pipeline_under_snakemake_and_dvc(tmp_path, tiny_reference):
     assert _dry_run_jobs(empty, env, "correspondences", "clip_features") == upstream
     assert _dry_run_jobs(empty, env, "models/pretrain/text4point/checkpoint.pt") == {**upstream, "pretrain": 1}
 
-    proj, env = reference_copy(tiny_reference, tmp_path)
+    proj, env = reference_copy(request.getfixturevalue("tiny_reference"), tmp_path)
     # --- the data stage: the world, its metrics, benchmark and log, the show figures
     world = proj / "data" / "world"
     assert (world / "dataset.json").exists()
