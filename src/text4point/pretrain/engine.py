@@ -350,24 +350,26 @@ def _zeroshot(cfg, variant, model, clip_dim, text, data_root, corr_dir, ds, dev,
                 "zeroshot_accuracy_majority_constant": r["accuracy_majority_constant"]})
     del rand
     # the 2D teacher's own zero-shot labelling of the points it sees (the ceiling), and the network on those points
-    teacher = (features, float(cfg["correspondences"]["depth_tolerance"])) if features is not None else None
+    tol = float(cfg["correspondences"]["depth_tolerance"])
+    ceiling = None
     if variant in IMAGE_VARIANTS:
-        t = zeroshot.evaluate(model, data_root, val, text, voxel, dev, channels, classes, teacher=teacher)
+        t = zeroshot.evaluate(model, data_root, val, text, voxel, dev, channels, classes,
+                              teacher=(features, tol) if features is not None else None)
         out.update({"zeroshot_miou": t["miou"], "zeroshot_accuracy": t["accuracy"], "zeroshot_iou": t["iou"],
                     "zeroshot_classes_evaluated": t["classes_evaluated"], "zeroshot_points": t["points"]})
-        if teacher is not None:
+        if features is not None:
+            ceiling = t["teacher"]
             out.update({"zeroshot_miou_covered": t["covered"]["miou"],
                         "zeroshot_accuracy_covered": t["covered"]["accuracy"],
                         "zeroshot_teacher_agreement": t["agreement"]})
     else:
         out["zeroshot_note"] = ("pointcontrast trains no CLIP-space head: only the random network's zero-shot "
                                 "mIoU is reported")
-        if teacher is not None:
-            t = zeroshot.evaluate(None, data_root, val, text, voxel, dev, channels, classes, teacher=teacher)
-    if teacher is not None:
-        c = t["teacher"]
-        out.update({"zeroshot_miou_teacher": c["miou"], "zeroshot_accuracy_teacher": c["accuracy"],
-                    "zeroshot_teacher_coverage": c["coverage"]})
+        if features is not None:
+            ceiling = zeroshot.teacher_ceiling(data_root, features, val, text, tol, classes)
+    if ceiling is not None:
+        out.update({"zeroshot_miou_teacher": ceiling["miou"], "zeroshot_accuracy_teacher": ceiling["accuracy"],
+                    "zeroshot_teacher_coverage": ceiling["coverage"]})
     out["zeroshot_scenes"] = len(val)
     return out
 

@@ -143,7 +143,9 @@ def evaluate(model, data_root: Path, scene_ids: list[str], text: torch.Tensor, v
         raise ValueError(f"text: expected {k} class embeddings (label set {ds.label_set.name}), got {text.shape[0]}")
     conf, conf_cov, conf_teacher = (np.zeros((k, k), np.int64) for _ in range(3))
     points = agree = seen_total = labelled_total = 0
-    t = F.normalize(text.float(), dim=1)
+    if teacher is not None:
+        features, depth_tolerance = teacher
+        t = F.normalize(text.float(), dim=1)
     was_training = model.training if model is not None else False
     if model is not None:
         model.eval()
@@ -158,7 +160,6 @@ def evaluate(model, data_root: Path, scene_ids: list[str], text: torch.Tensor, v
                 conf += confusion_matrix(pred, sem, k)
                 points += len(pred)
             if teacher is not None:
-                features, depth_tolerance = teacher
                 xyz = torch.as_tensor(np.asarray(cloud["xyz"], np.float32))
                 votes, seen = teacher_votes(scene, features, sid, xyz, t, float(depth_tolerance))
                 m = seen.numpy()
