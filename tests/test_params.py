@@ -148,6 +148,6 @@ def test_the_shipped_overlays_validate_on_top_of_params_yaml():
     assert cross["variations"]["cross_frame"]["set"] == {"pretrain": {"cross_frame": True}}
     assert cross["pretrain"]["cross_frame"] is False  # the overlay varies it; the default stays as measured
     long = validate(_merge(base, read_file(root / "configs" / "long.yaml")), source="configs/long.yaml")
-    assert long["finetune"]["steps"] == 400 and long["finetune"]["seeds"] == base["finetune"]["seeds"]
+    assert long["finetune"]["steps"] == 900 and long["finetune"]["seeds"] == base["finetune"]["seeds"]
     both = validate(_merge(long, read_file(root / "configs" / "convergence.yaml")), source="configs/convergence.yaml")
-    assert params.variation(both, "steps_x3")["finetune"]["steps"] == 1200
+    assert params.variation(both, "steps_x3")["finetune"]["steps"] == 2700
