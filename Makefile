@@ -14,12 +14,14 @@ pipeline: setup
 # Two pytest-xdist workers, a test module at a time on each (its module fixtures are made once; the Slurm module's
 # one cluster stays on one worker): the slow end-to-end tests spend much of their time waiting (Slurm's polling,
 # servers starting), so another module runs meanwhile; they share the session's tiny reference run (conftest.py).
+# --no-loadscope-reorder keeps conftest.py's module order (the end-to-end modules first) instead of xdist's
+# most-tests-first order, which started the long Slurm and team modules last.
 test: setup
-	. .venv/bin/activate && python -m pytest -q -n 2 --dist loadscope tests
+	. .venv/bin/activate && python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder tests
 
 # Everything but the end-to-end pipeline tests (@pytest.mark.slow).
 test-fast: setup
-	. .venv/bin/activate && python -m pytest -q -n 2 --dist loadscope -m "not slow" tests
+	. .venv/bin/activate && python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder -m "not slow" tests
 
 # Style and consistency: ruff (pyproject.toml), Snakemake's linter, and dvc.yaml generated from the package.
 check: setup

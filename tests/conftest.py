@@ -194,3 +194,19 @@ def one_epoch_checkpoints(pt_inputs, tmp_path_factory) -> dict:
                   "cpu")
         ckpts[variant] = root / variant / "checkpoint.pt"
     return {"cfg": cfg, "ckpts": ckpts}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules with end-to-end tests first, the most ``slow`` tests (then the most tests) first: pytest-xdist's
+    ``loadscope`` hands out whole modules in collection order (``make test`` passes ``--no-loadscope-reorder``),
+    so the longest modules start at once on both workers and the many short ones fill in behind them, instead of
+    a slow module starting last and running alone. Within a module the order is unchanged."""
+    modules: dict[str, list] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+
+    def weight(name: str) -> tuple[int, int]:
+        tests = modules[name]
+        return (-sum(1 for t in tests if t.get_closest_marker("slow")), -len(tests))
+
+    items[:] = [item for name in sorted(modules, key=weight) for item in modules[name]]
