@@ -79,7 +79,7 @@ def main() -> int:
                      f"{'yes' if run['meets_target'] else 'no'} | {run['summary']} | {run['load_average_before']} / "
                      f"{run['load_average_after']} |")
     for run in runs:
-        lines += ["", f"Slowest of `make {run['target']}` (pytest --durations; two workers overlap):", "",
+        lines += ["", f"Slowest of `make {run['target']}` (pytest --durations; the pytest-xdist workers overlap):", "",
                   "| seconds | phase | test |", "|---|---|---|"]
         lines += [f"| {d['seconds']} | {d['phase']} | `{d['test']}` |" for d in run["slowest"]]
     write_text(out / "tests.md", "\n".join(lines) + "\n")
