@@ -199,7 +199,7 @@ def one_epoch_checkpoints(pt_inputs, tmp_path_factory) -> dict:
 def pytest_collection_modifyitems(config, items):
     """Modules with end-to-end tests first, the most ``slow`` tests (then the most tests) first: pytest-xdist's
     ``loadscope`` hands out whole modules in collection order (``make test`` passes ``--no-loadscope-reorder``),
-    so the longest modules start at once on both workers and the many short ones fill in behind them, instead of
+    so the longest modules start at once on the workers and the many short ones fill in behind them, instead of
     a slow module starting last and running alone. Within a module the order is unchanged."""
     modules: dict[str, list] = {}
     for item in items:
