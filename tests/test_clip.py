@@ -388,6 +388,27 @@ def test_frames_that_do_not_decode_are_skipped_and_counted_lost_poses_are_not(fe
     assert lost and set(lost) <= set(cache.frames("train_0001"))  # features do not need a pose
 
 
+def test_decoding_threads_give_the_caller_the_single_thread_batches_in_order(feats):
+    """frame_batches: the same frames, defects and order with decoding threads as in the caller's thread, and the
+    batched model input equals frame-by-frame preprocessing in values and layout (the cached features depend on
+    both)."""
+    scene_ids = ["train_0000", "train_0001"]
+    items = [(i, f) for i in range(2) for f in range(6)]
+    size = clip_dense.dense_input_size(feats.handle, (96, 72))
+    runs = [list(features.frame_batches(feats.root, scene_ids, items, size, 4, workers)) for workers in (0, 2)]
+    assert [(m, b) for _, m, b in runs[0]] == [(m, b) for _, m, b in runs[1]]
+    assert [b for _, _, b in runs[0]] == [[(0, 2, "corrupt_image")], [], []]
+    assert [f for _, m, _ in runs[0] for f in m] == [it for it in items if it != (0, 2)]
+    for (c0, _, _), (c2, _, _) in zip(*runs):
+        assert all(np.array_equal(a, b) for a, b in zip(c0, c2))
+    colours, meta, _ = runs[1][2]
+    x = features._model_input(feats.handle, colours, size)
+    scenes = [Scene(feats.root / "scenes" / s) for s in scene_ids]
+    want = torch.stack([clip_dense.frame_tensor(scenes[si], f, size, feats.handle.mean, feats.handle.std)
+                        for si, f in meta])
+    assert x.shape == (4, 3, *size) and x.is_contiguous() and torch.equal(x, want)
+
+
 def test_grid_maps_every_colour_pixel_to_its_cell(feats):
     cache = clip_cache.load_features(feats.out, feats.handle.identity)
     grid = cache.grid("val_0000")

@@ -3,13 +3,18 @@
 For every train and val scene and every frame in ``Scene.sampled_frames(correspondences.frame_skip)``
 whose colour image decodes, the dense features (:func:`text4point.clip.dense.dense_features`) are written
 incrementally through a memmap, with the grid geometry, the text embeddings and, last, the manifest (the layout
-is :mod:`text4point.clip.cache`'s). Frames are decoded at the size the model needs in DataLoader workers.
+is :mod:`text4point.clip.cache`'s). Frames are decoded at the size the model needs (JPEG draft mode) in threads
+that run ahead of the model (:func:`frame_batches`) and resized as a batch on the model's device.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -22,23 +27,25 @@ from ..fsutil import atomic_path, write_json
 from ..labels import LABEL_SETS
 from ..scene import Dataset, FrameDefect, Scene
 from .cache import MANIFEST, TEXT_FILE
-from .dense import (DENSE_SCALE, FEATURE_DTYPE, dense_features, dense_input_size, frame_tensor, grid_geometry,
+from .dense import (DENSE_SCALE, FEATURE_DTYPE, decode_color, dense_features, dense_input_size, grid_geometry,
                     label_set_text)
-from .load import ClipHandle, load_clip
+from .load import ClipHandle, load_clip, preprocess_images
 
 TEXT_LABEL_SETS = ("scannet20", "s3dis13", "sunrgbd10")
+WRITES_AHEAD = 4  # file operations of cache_features waiting for the writing thread at most
 FEATURE_SPLITS = ("train", "val")
 
 
-# ---------------------------------------------------------------- frame loading (DataLoader)
+# ---------------------------------------------------------------- frame loading (decoding threads)
 
 
-class FrameImages(torch.utils.data.Dataset):
-    """Decodes and preprocesses ``(scene index, frame)`` items (in DataLoader workers)."""
+class FrameImages:
+    """Decodes ``(scene index, frame)`` items: ``self[k]`` is ``(scene index, frame, uint8 [H', W', 3] colour at
+    the reduced scale the model needs (``decode_color``) or None, defect reason or None)``."""
 
-    def __init__(self, root: Path, scene_ids: list[str], items: list[tuple[int, int]], input_size, mean, std):
+    def __init__(self, root: Path, scene_ids: list[str], items: list[tuple[int, int]], input_size):
         self.root, self.scene_ids, self.items = Path(root), scene_ids, items
-        self.input_size, self.mean, self.std = tuple(input_size), tuple(mean), tuple(std)
+        self.input_size = tuple(input_size)
         self._scenes: dict[int, Scene] = {}
 
     def __len__(self) -> int:
@@ -50,27 +57,56 @@ class FrameImages(torch.utils.data.Dataset):
         if scene is None:
             scene = self._scenes[si] = Scene(self.root / "scenes" / self.scene_ids[si])
         try:
-            return si, frame, frame_tensor(scene, frame, self.input_size, self.mean, self.std), None
+            return si, frame, decode_color(scene, frame, self.input_size), None
         except FrameDefect as e:
             return si, frame, None, e.reason
 
 
-def _collate(batch):
-    ok = [b for b in batch if b[2] is not None]
-    images = torch.stack([b[2] for b in ok]) if ok else None
-    return images, [(b[0], b[1]) for b in ok], [(b[0], b[1], b[3]) for b in batch if b[2] is None]
+def frame_batches(root: Path, scene_ids: list[str], items: list[tuple[int, int]], input_size, batch_size: int,
+                  workers: int) -> Iterator[tuple]:
+    """``([uint8 colour], [(scene index, frame)], [(scene index, frame, defect reason)])`` per ``batch_size``
+    items, in order. ``workers`` threads decode the next batches (at most ``2 · workers`` ahead) while the caller
+    runs the model; 0 decodes in the caller's thread. Threads, not processes: PIL's decoders release the GIL, and
+    a thread costs no process start and no inter-process copy, which on 2 cores cost more than decoding a world
+    frame (0.5 ms). They only decode: the resize runs batched in the caller (:func:`_model_input`), as torch
+    operations in decoding threads would compete with the model's intra-op threads for the cores."""
+    frames = FrameImages(root, scene_ids, items, input_size)
+
+    def load(start: int):
+        batch = [frames[k] for k in range(start, min(start + batch_size, len(frames)))]
+        return ([b[2] for b in batch if b[2] is not None], [(b[0], b[1]) for b in batch if b[2] is not None],
+                [(b[0], b[1], b[3]) for b in batch if b[2] is None])
+
+    starts = iter(range(0, len(frames), batch_size))
+    if workers <= 0:
+        yield from map(load, starts)
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="clip-frames")
+    try:
+        ahead = deque(pool.submit(load, s) for s in islice(starts, 2 * workers))
+        while ahead:
+            batch = ahead.popleft().result()
+            nxt = next(starts, None)
+            if nxt is not None:
+                ahead.append(pool.submit(load, nxt))
+            yield batch
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _worker_init(_):
-    torch.set_num_threads(1)
-
-
-def frame_loader(root: Path, scene_ids: list[str], items: list[tuple[int, int]], input_size, mean, std,
-                 batch_size: int, workers: int) -> torch.utils.data.DataLoader:
-    ds = FrameImages(root, scene_ids, items, input_size, mean, std)
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                       collate_fn=_collate, worker_init_fn=_worker_init if workers else None,
-                                       persistent_workers=False, prefetch_factor=4 if workers else None)
+def _model_input(handle: ClipHandle, colours: list[np.ndarray], input_size) -> torch.Tensor:
+    """Decoded frames -> the model's normalized input ``[B, 3, h, w]`` on its device, resized as a batch (the same
+    values as :func:`~text4point.clip.dense.frame_tensor` frame by frame); frames of different decoded sizes
+    (scenes of different colour sizes in one batch) are resized group by group, in order."""
+    x = torch.from_numpy(np.stack(colours)) if len({c.shape for c in colours}) == 1 else None
+    if x is not None:
+        x = preprocess_images(x.to(handle.device), input_size, handle.mean, handle.std)
+    else:
+        x = torch.cat([preprocess_images(torch.from_numpy(c).to(handle.device), input_size, handle.mean, handle.std)
+                       for c in colours])
+    # the resize keeps the decoded frames' channels-last layout; the model gets the contiguous [B, 3, h, w] that
+    # frame-by-frame preprocessing gives (another layout takes other convolution kernels: other roundings)
+    return x.contiguous()
 
 
 # ---------------------------------------------------------------- the clip_features stage
@@ -96,19 +132,18 @@ class _SceneWriter:
         self.frames.extend(frames)
 
     def close(self) -> int:
+        # No msync (memmap.flush): it waits for the disk, and no other output of the project is synced either;
+        # the rows are in the page cache, which every reader of the renamed file sees.
         n = len(self.frames)
         if n < self.n_max:  # some frames did not decode: copy the written rows into a file of the right length
             short = np.lib.format.open_memmap(self._short, mode="w+", dtype=FEATURE_DTYPE, shape=(n, *self.shape))
             for i in range(0, n, 64):
                 j = min(n, i + 64)
                 short[i:j] = self.mm[i:j]
-            short.flush()
             del short
-            self.mm.flush()
             del self.mm
             os.replace(self._short, self.tmp)
         else:
-            self.mm.flush()
             del self.mm
         self._ctx.__exit__(None, None, None)
         with atomic_path(self.dir / "frames.npy") as tmp:
@@ -131,8 +166,9 @@ def cache_features(handle: ClipHandle, data_root: Path, scene_ids: list[str], fr
                    dense_scale: float = DENSE_SCALE) -> dict:
     """Compute and write dense features of ``frames[scene]`` for every scene; returns per-scene counts.
 
-    One DataLoader runs over all scenes (decoding in ``workers`` processes while the model runs); each
-    scene's rows go to its memmap as soon as they are computed, so memory holds at most a few batches.
+    One pass over all scenes (``workers`` threads decoding the next batches while the model runs, see
+    :func:`frame_batches`); each scene's rows go to its memmap as soon as they are computed, so memory holds at
+    most a few batches.
     """
     data_root, out_dir = Path(data_root), Path(out_dir)
     scenes = [Scene(data_root / "scenes" / s) for s in scene_ids]
@@ -156,40 +192,57 @@ def cache_features(handle: ClipHandle, data_root: Path, scene_ids: list[str], fr
         del writers[si]
         per_scene[scene_ids[si]] = {"frames": n, "skipped": len(frames[scene_ids[si]]) - n}
 
-    # scenes without any sampled frame still get (empty) files
-    for si in [i for i, n in remaining.items() if n == 0]:
-        finish(si)
-    loader = frame_loader(data_root, scene_ids, items, input_size, handle.mean, handle.std, batch_size, workers)
+    # Every file operation runs, in order, in one writing thread, so writing a batch's rows overlaps the next
+    # batch's forward; at most WRITES_AHEAD operations wait, and a failed one raises here.
+    io = ThreadPoolExecutor(1, thread_name_prefix="clip-write")
+    pending: deque = deque()
+
+    def submit(fn, *args) -> None:
+        pending.append(io.submit(fn, *args))
+        while pending and (pending[0].done() or len(pending) > WRITES_AHEAD):
+            pending.popleft().result()
+
+    def write(si: int, rows: np.ndarray, frame_ids: list[int]) -> None:
+        writer(si).write(rows, frame_ids)
+        faults.point("clip_features.write", scene=scene_ids[si])
+
     try:
-        for images, meta, bad in tqdm(loader, desc="clip features", unit="batch", disable=not progress):
+        # scenes without any sampled frame still get (empty) files
+        for si in [i for i, n in remaining.items() if n == 0]:
+            submit(finish, si)
+        loader = frame_batches(data_root, scene_ids, items, input_size, batch_size, workers)
+        for colours, meta, bad in tqdm(loader, desc="clip features", unit="batch", disable=not progress):
             done: list[int] = []
-            if images is not None:
-                feats = dense_features(handle, images).to(torch.float16).cpu().numpy()
+            if colours:
+                feats = dense_features(handle, _model_input(handle, colours, input_size))
+                feats = feats.to(torch.float16).cpu().numpy()
                 k = 0
                 while k < len(meta):  # consecutive rows of one scene are written at once
                     si = meta[k][0]
                     j = k
                     while j < len(meta) and meta[j][0] == si:
                         j += 1
-                    writer(si).write(feats[k:j], [f for _, f in meta[k:j]])
-                    faults.point("clip_features.write", scene=scene_ids[si])
+                    submit(write, si, feats[k:j], [f for _, f in meta[k:j]])
                     remaining[si] -= j - k
                     done.append(si)
                     k = j
             for si, _, reason in bad:
-                writer(si)
+                submit(writer, si)
                 skipped[reason] = skipped.get(reason, 0) + 1
                 remaining[si] -= 1
                 done.append(si)
             for si in sorted(set(done)):
                 if remaining[si] == 0:
-                    finish(si)
+                    submit(finish, si)
+        submit(lambda: [finish(si) for si in list(writers)])
+        while pending:
+            pending.popleft().result()
     except BaseException:
+        io.shutdown(wait=True, cancel_futures=True)
         for w in writers.values():
             w.abort()
         raise
-    for si in list(writers):
-        finish(si)
+    io.shutdown(wait=True)
     return {"scenes": per_scene, "frames": sum(v["frames"] for v in per_scene.values()), "skipped": skipped,
             "input_size": list(input_size)}
 

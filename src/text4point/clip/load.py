@@ -77,7 +77,7 @@ def preprocess_images(images: np.ndarray | torch.Tensor, size: tuple[int, int], 
 
     A plain (aspect-changing) bilinear resize with antialiasing to ``size = (h, w)``: every colour pixel keeps
     a place in the model's input, so each one has a dense feature (see ``features.grid_geometry``).
-    Runs on the tensor's device; works in DataLoader workers (no model needed).
+    Runs on the tensor's device (no model needed).
     """
     x = _as_tensor(images)
     if x.ndim == 3:
