@@ -1,11 +1,12 @@
 """Speed of the clip_features stage: the full caching path against the bare model forward, in one run.
 
 (a) bare forward: ``dense.dense_features`` on frames decoded, preprocessed and batched beforehand;
-(b) full path: ``features.cache_features`` on the same frames - DataLoader workers decoding and preprocessing
-    in parallel, the forward, fp16 conversion and the memmap writes (``features.npy``, ``frames.npy``, ``grid.json``).
+(b) full path: ``features.cache_features`` on the same frames - threads decoding the next batches, the batched
+    resize, the forward, fp16 conversion and the memmap writes (``features.npy``, ``frames.npy``, ``grid.json``) from
+    the writing thread.
 
 The ratio of their throughputs (b)/(a) says how much the caching machinery costs on top of the model (target
->= 0.9). Medians of ``--repeats`` repeats; peak memory from ``resource`` (this process and its workers) and torch.
+>= 0.9). Medians of ``--repeats`` repeats; peak memory from ``resource`` (this process and its children) and torch.
 
     python benchmarks/bench_clip_features.py [--scenes 4] [--repeats 3] [--frame-skip 1] [--checkpoint PATH]
                                              [--vit-frames 32] [--vit-batch-size 8]
@@ -208,8 +209,8 @@ def main() -> None:
              f"{r['machine']['device']}{' (' + r['machine']['gpu'] + ')' if r['machine']['gpu'] else ''}, "
              f"Python {r['machine']['python']}. Medians of {args.repeats} repeats; (a) and (b) of a model are "
              "measured in one run.", "",
-             "(a) bare forward: `dense_features` on pre-decoded batches; (b) the full caching path: DataLoader "
-             "workers decoding + the forward + fp16 memmap writes.", "",
+             "(a) bare forward: `dense_features` on pre-decoded batches; (b) the full caching path: decoding "
+             "threads + the batched resize + the forward + fp16 memmap writes (a writing thread).", "",
              "| model (weights) | frames (size) | input | grid | batch / workers | (a) frames/s | (b) frames/s "
              "| (b)/(a) (target >= 0.9) |", "|---|---|---|---|---|---|---|---|"]
     for x in runs:
@@ -217,7 +218,7 @@ def main() -> None:
                      f"| {x['input_size'][1]}x{x['input_size'][0]} | {x['grid'][0]}x{x['grid'][1]} | "
                      f"{x['batch_size']} / {x['workers']} | {x['bare_forward_frames_per_second']} | "
                      f"{x['full_path_frames_per_second']} | {x['throughput_ratio_full_over_bare']} |")
-    lines += ["", f"Peak RSS, this process / DataLoader workers: {r['peak_rss_mib_self']} / "
+    lines += ["", f"Peak RSS, this process / its children: {r['peak_rss_mib_self']} / "
                   f"{r['peak_rss_mib_workers']} MiB; torch peak allocated on the GPU: {gpu_mib} MiB."]
     write_text(out / "clip_features.md", "\n".join(lines) + "\n")
     print(json.dumps(result, indent=2))
