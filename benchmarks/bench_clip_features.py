@@ -2,8 +2,7 @@
 
 (a) bare forward: ``dense.dense_features`` on frames decoded, preprocessed and batched beforehand;
 (b) full path: ``features.cache_features`` on the same frames - threads decoding the next batches, the batched
-    resize, the forward, fp16 conversion and the memmap writes (``features.npy``, ``frames.npy``, ``grid.json``) from
-    the writing thread.
+    resize, the forward, fp16 conversion and the memmap writes (``features.npy``, ``frames.npy``, ``grid.json``).
 
 The ratio of their throughputs (b)/(a) says how much the caching machinery costs on top of the model (target
 >= 0.9). Medians of ``--repeats`` repeats; peak memory from ``resource`` (this process and its children) and torch.
@@ -210,7 +209,7 @@ def main() -> None:
              f"Python {r['machine']['python']}. Medians of {args.repeats} repeats; (a) and (b) of a model are "
              "measured in one run.", "",
              "(a) bare forward: `dense_features` on pre-decoded batches; (b) the full caching path: decoding "
-             "threads + the batched resize + the forward + fp16 memmap writes (a writing thread).", "",
+             "threads + the batched resize + the forward + fp16 memmap writes.", "",
              "| model (weights) | frames (size) | input | grid | batch / workers | (a) frames/s | (b) frames/s "
              "| (b)/(a) (target >= 0.9) |", "|---|---|---|---|---|---|---|---|"]
     for x in runs:

@@ -32,7 +32,6 @@ from .dense import (DENSE_SCALE, FEATURE_DTYPE, decode_color, dense_features, de
 from .load import ClipHandle, load_clip, preprocess_images
 
 TEXT_LABEL_SETS = ("scannet20", "s3dis13", "sunrgbd10")
-WRITES_AHEAD = 4  # file operations of cache_features waiting for the writing thread at most
 FEATURE_SPLITS = ("train", "val")
 
 
@@ -192,25 +191,11 @@ def cache_features(handle: ClipHandle, data_root: Path, scene_ids: list[str], fr
         del writers[si]
         per_scene[scene_ids[si]] = {"frames": n, "skipped": len(frames[scene_ids[si]]) - n}
 
-    # Every file operation runs, in order, in one writing thread, so writing a batch's rows overlaps the next
-    # batch's forward; at most WRITES_AHEAD operations wait, and a failed one raises here.
-    io = ThreadPoolExecutor(1, thread_name_prefix="clip-write")
-    pending: deque = deque()
-
-    def submit(fn, *args) -> None:
-        pending.append(io.submit(fn, *args))
-        while pending and (pending[0].done() or len(pending) > WRITES_AHEAD):
-            pending.popleft().result()
-
-    def write(si: int, rows: np.ndarray, frame_ids: list[int]) -> None:
-        writer(si).write(rows, frame_ids)
-        faults.point("clip_features.write", scene=scene_ids[si])
-
+    # scenes without any sampled frame still get (empty) files
+    for si in [i for i, n in remaining.items() if n == 0]:
+        finish(si)
+    loader = frame_batches(data_root, scene_ids, items, input_size, batch_size, workers)
     try:
-        # scenes without any sampled frame still get (empty) files
-        for si in [i for i, n in remaining.items() if n == 0]:
-            submit(finish, si)
-        loader = frame_batches(data_root, scene_ids, items, input_size, batch_size, workers)
         for colours, meta, bad in tqdm(loader, desc="clip features", unit="batch", disable=not progress):
             done: list[int] = []
             if colours:
@@ -222,27 +207,25 @@ def cache_features(handle: ClipHandle, data_root: Path, scene_ids: list[str], fr
                     j = k
                     while j < len(meta) and meta[j][0] == si:
                         j += 1
-                    submit(write, si, feats[k:j], [f for _, f in meta[k:j]])
+                    writer(si).write(feats[k:j], [f for _, f in meta[k:j]])
+                    faults.point("clip_features.write", scene=scene_ids[si])
                     remaining[si] -= j - k
                     done.append(si)
                     k = j
             for si, _, reason in bad:
-                submit(writer, si)
+                writer(si)
                 skipped[reason] = skipped.get(reason, 0) + 1
                 remaining[si] -= 1
                 done.append(si)
             for si in sorted(set(done)):
                 if remaining[si] == 0:
-                    submit(finish, si)
-        submit(lambda: [finish(si) for si in list(writers)])
-        while pending:
-            pending.popleft().result()
+                    finish(si)
     except BaseException:
-        io.shutdown(wait=True, cancel_futures=True)
         for w in writers.values():
             w.abort()
         raise
-    io.shutdown(wait=True)
+    for si in list(writers):
+        finish(si)
     return {"scenes": per_scene, "frames": sum(v["frames"] for v in per_scene.values()), "skipped": skipped,
             "input_size": list(input_size)}
 
