@@ -2,10 +2,15 @@
 
 (a) bare forward: ``dense.dense_features`` on frames decoded, preprocessed and batched beforehand;
 (b) full path: ``features.cache_features`` on the same frames - threads decoding the next batches, the batched
-    resize, the forward, fp16 conversion and the memmap writes (``features.npy``, ``frames.npy``, ``grid.json``).
+    resize, the forward, fp16 conversion and the memmap writes (``features.npy``, ``frames.npy``, ``grid.json``);
+(c) inputs only: the full path's decoding threads and batched resize without the forward.
 
 The ratio of their throughputs (b)/(a) says how much the caching machinery costs on top of the model (target
->= 0.9). Medians of ``--repeats`` repeats; peak memory from ``resource`` (this process and its children) and torch.
+>= 0.9). What bounds it on a CPU: (a) and (c) are timed in process CPU seconds too (every thread), and when (a)
+keeps every core busy, (b) needs at least the CPU seconds of (a) and (c) together, so its ratio is at most
+``cpu_bound_ratio_limit`` = wall(a) x cores / (cpu(a) + cpu(c)) (1 when the cores have room for the decoding).
+Medians of ``--repeats`` repeats; peak memory from ``resource`` (this process and its children) and torch.
+
 
     python benchmarks/bench_clip_features.py [--scenes 4] [--repeats 3] [--frame-skip 1] [--checkpoint PATH]
                                              [--vit-frames 32] [--vit-batch-size 8]
@@ -76,14 +81,27 @@ def measure(handle, data: Path, scene_ids: list[str], frames: dict[str, list[int
                 pass
     batches = [torch.stack(decoded[i:i + bs]).to(dev) for i in range(0, len(decoded), bs)]
     dense.dense_features(handle, batches[0])  # warm-up (allocator, kernels)
-    bare = []
+    bare, bare_cpu = [], []
     for _ in range(repeats):
         _sync(dev)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for b in batches:
             dense.dense_features(handle, b)
         _sync(dev)
         bare.append(time.perf_counter() - t0)
+        bare_cpu.append(time.process_time() - c0)
+
+    # (c) the full path's inputs alone: decoding threads and the batched resize, no forward
+    items = [(i, f) for i, s in enumerate(scene_ids) for f in frames[s]]
+    inputs, inputs_cpu = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        for colours, _, _ in features.frame_batches(data, scene_ids, items, input_size, bs, workers):
+            if colours:
+                features._model_input(handle, colours, input_size)
+        _sync(dev)
+        inputs.append(time.perf_counter() - t0)
+        inputs_cpu.append(time.process_time() - c0)
 
     # (b) the full caching path on the same frames
     full = []
@@ -99,6 +117,9 @@ def measure(handle, data: Path, scene_ids: list[str], frames: dict[str, list[int
 
     bare_med, full_med = statistics.median(bare), statistics.median(full)
     fps_bare, fps_full = len(decoded) / bare_med, len(decoded) / full_med
+    cpu_bare, cpu_inputs = statistics.median(bare_cpu), statistics.median(inputs_cpu)
+    cores = os.cpu_count() or 1
+    limit = min(1.0, bare_med * cores / (cpu_bare + cpu_inputs)) if dev.type == "cpu" else None
     grid = dense.grid_geometry(handle, color_size, input_size)["grid"]
     return {
         "model": handle.name, "dense_scale": scale, "input_size": list(input_size), "grid": list(grid),
@@ -108,6 +129,8 @@ def measure(handle, data: Path, scene_ids: list[str], frames: dict[str, list[int
         "bare_forward_frames_per_second": round(fps_bare, 2), "full_path_frames_per_second": round(fps_full, 2),
         "throughput_ratio_full_over_bare": round(fps_full / fps_bare, 3), "target_ratio": 0.9,
         "all_bare_seconds": [round(v, 4) for v in bare], "all_full_seconds": [round(v, 4) for v in full],
+        "bare_forward_cpu_seconds": round(cpu_bare, 4), "inputs_only_seconds": round(statistics.median(inputs), 4),
+        "inputs_only_cpu_seconds": round(cpu_inputs, 4), "cpu_bound_ratio_limit": round(limit, 3) if limit else None,
     }
 
 
@@ -209,14 +232,20 @@ def main() -> None:
              f"Python {r['machine']['python']}. Medians of {args.repeats} repeats; (a) and (b) of a model are "
              "measured in one run.", "",
              "(a) bare forward: `dense_features` on pre-decoded batches; (b) the full caching path: decoding "
-             "threads + the batched resize + the forward + fp16 memmap writes.", "",
+             "threads + the batched resize + the forward + fp16 memmap writes; (c) the inputs alone: decoding "
+             "threads + the batched resize. CPU s: process CPU seconds (all threads). Limit: the highest (b)/(a) "
+             "the cores allow, wall(a) x cores / (cpu(a) + cpu(c)), when (a) keeps them busy.", "",
              "| model (weights) | frames (size) | input | grid | batch / workers | (a) frames/s | (b) frames/s "
-             "| (b)/(a) (target >= 0.9) |", "|---|---|---|---|---|---|---|---|"]
+             "| (b)/(a) (target >= 0.9) | (a) wall / CPU s | (c) wall / CPU s | limit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in runs:
         lines.append(f"| {x['model']} ({x['weights']}) | {x['frames']} ({x['color_size'][0]}x{x['color_size'][1]}) "
                      f"| {x['input_size'][1]}x{x['input_size'][0]} | {x['grid'][0]}x{x['grid'][1]} | "
                      f"{x['batch_size']} / {x['workers']} | {x['bare_forward_frames_per_second']} | "
-                     f"{x['full_path_frames_per_second']} | {x['throughput_ratio_full_over_bare']} |")
+                     f"{x['full_path_frames_per_second']} | {x['throughput_ratio_full_over_bare']} | "
+                     f"{x['bare_forward_seconds']} / {x['bare_forward_cpu_seconds']} | "
+                     f"{x['inputs_only_seconds']} / {x['inputs_only_cpu_seconds']} | "
+                     f"{x['cpu_bound_ratio_limit'] if x['cpu_bound_ratio_limit'] is not None else 'n/a'} |")
     lines += ["", f"Peak RSS, this process / its children: {r['peak_rss_mib_self']} / "
                   f"{r['peak_rss_mib_workers']} MiB; torch peak allocated on the GPU: {gpu_mib} MiB."]
     write_text(out / "clip_features.md", "\n".join(lines) + "\n")
