@@ -407,6 +407,16 @@ def test_decoding_threads_give_the_caller_the_single_thread_batches_in_order(fea
     want = torch.stack([clip_dense.frame_tensor(scenes[si], f, size, feats.handle.mean, feats.handle.std)
                         for si, f in meta])
     assert x.shape == (4, 3, *size) and x.is_contiguous() and torch.equal(x, want)
+    # a batch mixing decoded sizes (real data: scenes of different colour sizes meet in one batch) gives, in
+    # order, what each frame gives alone
+    from PIL import Image
+
+    large = np.asarray(Image.fromarray(colours[1]).resize((2 * colours[1].shape[1], 2 * colours[1].shape[0])))
+    mixed = [colours[0], large, colours[2]]
+    x = features._model_input(feats.handle, mixed, size)
+    alone = torch.cat([features._model_input(feats.handle, [c], size) for c in mixed])
+    assert x.shape == (3, 3, *size) and x.is_contiguous() and torch.equal(x, alone)
+    assert torch.equal(x[0], want[0]) and torch.equal(x[2], want[2]) and not torch.equal(x[1], want[1])
 
 
 def test_grid_maps_every_colour_pixel_to_its_cell(feats):

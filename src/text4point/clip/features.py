@@ -95,8 +95,8 @@ def frame_batches(root: Path, scene_ids: list[str], items: list[tuple[int, int]]
 
 def _model_input(handle: ClipHandle, colours: list[np.ndarray], input_size) -> torch.Tensor:
     """Decoded frames -> the model's normalized input ``[B, 3, h, w]`` on its device, resized as a batch (the same
-    values as :func:`~text4point.clip.dense.frame_tensor` frame by frame); frames of different decoded sizes
-    (scenes of different colour sizes in one batch) are resized group by group, in order."""
+    values as :func:`~text4point.clip.dense.frame_tensor` frame by frame); a batch whose frames have different
+    decoded sizes (scenes of different colour sizes in one batch) is resized frame by frame, in order."""
     x = torch.from_numpy(np.stack(colours)) if len({c.shape for c in colours}) == 1 else None
     if x is not None:
         x = preprocess_images(x.to(handle.device), input_size, handle.mean, handle.std)
