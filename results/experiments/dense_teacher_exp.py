@@ -1,6 +1,6 @@
 """Quick experiment (issue 13; results/experiments/dense_teacher.md): the bootstrap's crop term and an LSeg-style dense
 term through a CNN+ViT dense head on the clip split, dense zero-shot on val. Not part of the pipeline; run from the
-repository root with the project's venv after the world exists (data/world)."""
+repository root with the project's venv after the world exists (data/world, or the dataset given by --data)."""
 import sys, time, math, json, argparse
 from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
@@ -30,9 +30,10 @@ p.add_argument("--gray", type=float, default=0.0)
 p.add_argument("--zoom", type=float, default=1.0)
 p.add_argument("--plain", action="store_true")
 p.add_argument("--deep", action="store_true")
+p.add_argument("--data", default=str(REPO / "data" / "world"))
 a = p.parse_args()
 torch.manual_seed(0); torch.set_num_threads(int(__import__("os").environ.get("T", "2")))
-root = str(REPO / "data" / "world")
+root = str(Path(a.data).resolve())
 ds = Dataset(root); ls = ds.label_set; K = len(ls.classes)
 model = build_model("t4p-tiny")
 base = wrap_model(model, "t4p-tiny", {"model": "t4p-tiny"}, "cpu", freeze=False)
