@@ -11,7 +11,6 @@ keeps every core busy, (b) needs at least the CPU seconds of (a) and (c) togethe
 ``cpu_bound_ratio_limit`` = wall(a) x cores / (cpu(a) + cpu(c)) (1 when the cores have room for the decoding).
 Medians of ``--repeats`` repeats; peak memory from ``resource`` (this process and its children) and torch.
 
-
     python benchmarks/bench_clip_features.py [--scenes 4] [--repeats 3] [--frame-skip 1] [--checkpoint PATH]
                                              [--vit-frames 32] [--vit-batch-size 8]
 
@@ -130,7 +129,8 @@ def measure(handle, data: Path, scene_ids: list[str], frames: dict[str, list[int
         "throughput_ratio_full_over_bare": round(fps_full / fps_bare, 3), "target_ratio": 0.9,
         "all_bare_seconds": [round(v, 4) for v in bare], "all_full_seconds": [round(v, 4) for v in full],
         "bare_forward_cpu_seconds": round(cpu_bare, 4), "inputs_only_seconds": round(statistics.median(inputs), 4),
-        "inputs_only_cpu_seconds": round(cpu_inputs, 4), "cpu_bound_ratio_limit": round(limit, 3) if limit else None,
+        "inputs_only_cpu_seconds": round(cpu_inputs, 4),
+        "cpu_bound_ratio_limit": None if limit is None else round(limit, 3),
     }
 
 
