@@ -97,3 +97,48 @@ def test_sqlite_store_in_a_missing_directory_is_refused(tmp_path):
     uri = f"sqlite:///{tmp_path}/missing/mlflow.db"
     with pytest.raises(InputError, match=r"directory .*/missing does not exist or is not writable"):
         tracking.check_reachable(uri)
+
+
+def test_trainer_logs_every_step_in_one_call_per_log_every_steps(mlflow_sqlite, monkeypatch):
+    """Fine-tuning epochs are one step long: the trainer still sends MLflow one call per ``log_every`` steps (not
+    two per step, which cost about as much as the step), with every step's and every epoch's value; with an
+    epoch hook (a checkpoint), the epoch's rows are in MLflow before the hook runs."""
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from text4point.training import Hook, Trainer, TrainJob, make_optimizer, warmup_cosine
+
+    calls = []
+    real = tracking.log_batch
+    monkeypatch.setattr(tracking, "log_batch", lambda rows: (calls.append(len(rows)), real(rows)))
+
+    def train(steps_per_epoch, hooks=()):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(2, 1)
+        x = torch.randn(4, 2)
+        job = TrainJob(name="t", stage="test", steps=12, steps_per_epoch=steps_per_epoch,
+                       schedule=warmup_cosine(0.01, 12), log_every=5)
+        forward = lambda batch: {"loss": (model(x) ** 2).mean(), "l2": (model.weight ** 2).sum()}  # noqa: E731
+        batches = lambda epoch: range(steps_per_epoch)  # noqa: E731
+        with tracking.run("trainer", {"seed": 0}, experiment_prefix="t4p-test") as active:
+            Trainer(job, model, make_optimizer(model.parameters(), "adamw", 0.01, 0.0), forward, batches, "cpu",
+                    hooks=hooks).fit()
+        client = MlflowClient()
+        return {k: sorted(m.step for m in client.get_metric_history(active.info.run_id, k))
+                for k in ("loss", "l2", "lr", "epoch_loss", "epoch_l2")}, active.info.run_id
+
+    history, _ = train(1)
+    assert history == {k: list(range(1, 13)) for k in ("loss", "l2", "lr", "epoch_loss", "epoch_l2")}
+    assert calls == [5 * 3 + 5 * 2, 5 * 3 + 5 * 2, 2 * 3 + 2 * 2]  # steps 1-5, 6-10, 11-12 (end)
+
+    seen = []
+
+    class Peek(Hook):
+        def after_epoch(self, trainer, row):
+            run_id = tracking._active().info.run_id
+            seen.append(sorted(m.step for m in MlflowClient().get_metric_history(run_id, "epoch_loss")))
+
+    calls.clear()
+    history, _ = train(4, hooks=[Peek()])
+    assert history["loss"] == list(range(1, 13)) and history["epoch_loss"] == [1, 2, 3]
+    assert seen == [[1], [1, 2], [1, 2, 3]]

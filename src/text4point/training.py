@@ -11,10 +11,12 @@ the forward runs under ``torch.autocast`` (float16, only on CUDA with ``amp``), 
 back-propagated, gradients are clipped to ``grad_clip`` (0: off), the optimizer steps, hooks run, and the fault
 point ``<stage>.step`` (:mod:`text4point.faults`) is passed with ``epoch`` (1-based), ``step`` (the global step,
 1-based) and the job's tags. The step's losses stay on the device; every ``log_every`` steps and at the end of
-each epoch they are copied to the host in one transfer (averaged over the ranks under DDP), checked (a
-non-finite value stops the job with :class:`TrainingDiverged`, one line naming the step and the values) and
-logged to MLflow through :mod:`text4point.tracking` (rank 0). ``Trainer.history`` keeps every step's host
-values; ``Trainer.epochs`` the per-epoch means.
+each epoch they are copied to the host in one transfer (averaged over the ranks under DDP) and checked (a
+non-finite value stops the job with :class:`TrainingDiverged`, one line naming the step and the values).
+``Trainer.history`` keeps every step's host values; ``Trainer.epochs`` the per-epoch means. Rank 0 logs them,
+per step, to MLflow through :mod:`text4point.tracking`, in one call per ``log_every`` steps (an epoch of one step
+does not add a call of its own: one MLflow write costs about as much as a small step), and always before an
+epoch's hooks run (what an epoch checkpoint resumes from is in MLflow), at the end, and when the job stops.
 
 Everything an exact resume needs is in :meth:`Trainer.state_dict`: model, optimizer, scaler, epoch, global step
 and every RNG state (python, numpy, torch CPU and CUDA, the loader's generator); the learning rate is a
@@ -23,6 +25,7 @@ function of the global step, so there is no scheduler state.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -259,6 +262,8 @@ class Trainer:
         self.history: list[dict] = []  # one row per step: {"step", "epoch", "lr", "loss", <terms>}
         self.epochs: list[dict] = []   # one row per epoch: {"epoch", "loss", <terms> (means), "seconds"}
         self._buf: list[tuple[torch.Tensor, float, int]] = []
+        self._rows: list[tuple[str, float, int]] = []  # (key, value, step) not yet sent to MLflow
+        self._logged_step = 0
 
     # ------------------------------------------------------------ state
 
@@ -297,6 +302,10 @@ class Trainer:
             previous = signal.signal(signal.SIGTERM, self._on_sigterm(flag))
         try:
             return self._fit(flag)
+        except BaseException:
+            with contextlib.suppress(Exception):  # best effort: the store may be the reason
+                self._log()
+            raise
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
@@ -319,6 +328,7 @@ class Trainer:
                 bar.update(1)
                 if flag["signal"] is not None:
                     self._flush(epoch)
+                    self._log()
                     bar.close()
                     done = self.global_step - epoch * job.steps_per_epoch
                     raise Interrupted(f"{job.name}: SIGTERM: stopped after step {self.global_step} ({done} of "
@@ -331,13 +341,13 @@ class Trainer:
                    "seconds": time.perf_counter() - t_epoch}
             self.epochs.append(row)
             self.epoch = epoch + 1
-            if self.dist.main:
-                tracking.log_batch([(f"epoch_{k}", v, epoch + 1) for k, v in row.items()
-                                    if k not in ("epoch", "seconds")])
+            self._rows += [(f"epoch_{k}", v, epoch + 1) for k, v in row.items() if k not in ("epoch", "seconds")]
+            self._log(force=bool(self.hooks))
             for h in self.hooks:
                 h.after_epoch(self, row)
             bar.set_postfix(epoch=epoch + 1, loss=f"{row['loss']:.3f}")
         bar.close()
+        self._log()
         return self
 
     def _step(self, batch, params: list, epoch: int) -> None:
@@ -364,9 +374,10 @@ class Trainer:
         self._buf.append((vals, lr, self.global_step))
         if len(self._buf) >= job.log_every:
             self._flush(epoch)
+            self._log(force=False)
 
     def _flush(self, epoch: int) -> None:
-        """Copy the buffered step losses to the host (one transfer), check them and log them per step."""
+        """Copy the buffered step losses to the host (one transfer), check them and queue them for MLflow."""
         if not self._buf:
             return
         buf, self._buf = self._buf, []
@@ -382,6 +393,15 @@ class Trainer:
         for (_, lr, step), row in zip(buf, vals.tolist()):
             self.history.append({"step": step, "epoch": epoch + 1, "lr": lr, **dict(zip(names, row))})
             rows += [(k, v, step) for k, v in zip(names, row)] + [("lr", lr, step)]
+        self._rows += rows
+
+    def _log(self, force: bool = True) -> None:
+        """Send the queued MLflow rows in one call (rank 0): always when ``force``, else once ``log_every`` steps
+        are queued."""
+        if not self._rows or (not force and self.global_step - self._logged_step < self.job.log_every):
+            return
+        rows, self._rows = self._rows, []
+        self._logged_step = self.global_step
         if self.dist.main:
             tracking.log_batch(rows)
 
