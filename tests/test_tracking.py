@@ -125,9 +125,9 @@ def test_trainer_logs_every_step_in_one_call_per_log_every_steps(mlflow_sqlite, 
                     hooks=hooks).fit()
         client = MlflowClient()
         return {k: sorted(m.step for m in client.get_metric_history(active.info.run_id, k))
-                for k in ("loss", "l2", "lr", "epoch_loss", "epoch_l2")}, active.info.run_id
+                for k in ("loss", "l2", "lr", "epoch_loss", "epoch_l2")}
 
-    history, _ = train(1)
+    history = train(1)
     assert history == {k: list(range(1, 13)) for k in ("loss", "l2", "lr", "epoch_loss", "epoch_l2")}
     assert calls == [5 * 3 + 5 * 2, 5 * 3 + 5 * 2, 2 * 3 + 2 * 2]  # steps 1-5, 6-10, 11-12 (end)
 
@@ -139,6 +139,6 @@ def test_trainer_logs_every_step_in_one_call_per_log_every_steps(mlflow_sqlite, 
             seen.append(sorted(m.step for m in MlflowClient().get_metric_history(run_id, "epoch_loss")))
 
     calls.clear()
-    history, _ = train(4, hooks=[Peek()])
+    history = train(4, hooks=[Peek()])
     assert history["loss"] == list(range(1, 13)) and history["epoch_loss"] == [1, 2, 3]
     assert seen == [[1], [1, 2], [1, 2, 3]]

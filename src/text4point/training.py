@@ -327,8 +327,7 @@ class Trainer:
                 self._step(batch, params, epoch)
                 bar.update(1)
                 if flag["signal"] is not None:
-                    self._flush(epoch)
-                    self._log()
+                    self._flush(epoch)  # fit() sends the queued rows on the way out
                     bar.close()
                     done = self.global_step - epoch * job.steps_per_epoch
                     raise Interrupted(f"{job.name}: SIGTERM: stopped after step {self.global_step} ({done} of "
