@@ -306,6 +306,20 @@ def test_the_bootstrap_dense_head_is_saved_loaded_and_reads_out_a_cell_per_4x4_p
     assert grid["patch_size"] == 4 and grid["grid"] == [18, 24]
 
 
+def test_the_bootstrap_checkpoint_bytes_depend_on_the_weights_not_on_the_temporary_file_name(boot, tmp_path):
+    """``clip_weights_sha256`` (clip_features' metrics) and DVC's hash of ``models/clip/bootstrap.pt`` identify the
+    weights: the bootstrap writes its checkpoint as every stage does, so the same weights saved again under another
+    name give the same bytes (torch.save given a path named the archive's records after the random temporary name,
+    and the sha changed with every run although the weights did not)."""
+    from text4point.checkpoints import save
+
+    ckpt = torch.load(boot.path, weights_only=True)
+    again = tmp_path / "another_name.pt"
+    save(ckpt, again)
+    assert sha256_file(again) == sha256_file(boot.path)
+    assert [p.name for p in tmp_path.iterdir()] == ["another_name.pt"]
+
+
 def test_a_dense_head_that_does_not_fit_the_named_model_is_one_line(boot, tmp_path):
     ckpt = torch.load(boot.path, weights_only=True)
     entry = ckpt[clip_head.HEAD_KEY]

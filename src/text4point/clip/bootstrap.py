@@ -37,8 +37,8 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from open_clip.loss import ClipLoss
 
+from ..checkpoints import save as save_checkpoint
 from ..errors import InputError
-from ..fsutil import atomic_path
 from ..labels import LabelSet
 from ..runtime import seed_everything
 from ..scene import Dataset, FrameDefect
@@ -402,8 +402,7 @@ def run_stage(cfg: dict, data_root: Path, out_path: Path, device, progress: bool
     ckpt = {"state_dict": state, "model": name, "trained_by": "text4point clip_bootstrap", "label_set": label_set.name}
     if head is not None:
         ckpt[HEAD_KEY] = head.to_checkpoint()
-    with atomic_path(out_path) as tmp:
-        torch.save(ckpt, tmp)
+    save_checkpoint(ckpt, out_path)
 
     handle = wrap_model(model, name, base.identity, device, dense_head=head)
     t_eval = time.perf_counter()
