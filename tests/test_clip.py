@@ -19,6 +19,7 @@ import open_clip
 import pytest
 import torch
 
+from text4point.checkpoints import save as save_checkpoint
 from text4point.clip import bootstrap, crops, features
 from text4point.clip import cache as clip_cache
 from text4point.clip import head as clip_head
@@ -311,11 +312,9 @@ def test_the_bootstrap_checkpoint_bytes_depend_on_the_weights_not_on_the_tempora
     weights: the bootstrap writes its checkpoint as every stage does, so the same weights saved again under another
     name give the same bytes (torch.save given a path named the archive's records after the random temporary name,
     and the sha changed with every run although the weights did not)."""
-    from text4point.checkpoints import save
-
     ckpt = torch.load(boot.path, weights_only=True)
     again = tmp_path / "another_name.pt"
-    save(ckpt, again)
+    save_checkpoint(ckpt, again)
     assert sha256_file(again) == sha256_file(boot.path)
     assert [p.name for p in tmp_path.iterdir()] == ["another_name.pt"]
 
