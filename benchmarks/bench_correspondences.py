@@ -4,9 +4,12 @@ default world, (a) decoding only the sampled frames (pose, depth and colour read
 the repeats; the ratio (b)/(a) has a target of 1.5. Measured at each resolution asked for: ``world`` (the
 world's own frames) and ``scannet`` (ScanNet's full resolution, 1296x968 colour and 640x480 depth: the same
 scenes upscaled 4x into a temporary dataset, colour bilinear, depth nearest, intrinsics scaled to match).
-Peak memory per resolution, over a separate pass: tracemalloc's peak (Python and numpy allocations; torch's
-CPU tensors are not traced), the process's peak resident set (VmHWM, reset before the pass where Linux
-allows) and, on CUDA, torch's peak allocated memory.
+Where the time goes, per resolution, over a separate pass under cProfile: the functions with the most own
+time (Python functions and the torch/numpy calls they make), each with its share of the profiled pass, and the
+share of that pass spent reading frames (``_read_frame``, cumulative). cProfile adds a cost to every call, so
+shares, not seconds, are the figure. Peak memory per resolution, over a separate pass: tracemalloc's peak
+(Python and numpy allocations; torch's CPU tensors are not traced), the process's peak resident set (VmHWM,
+reset before the pass where Linux allows) and, on CUDA, torch's peak allocated memory.
 
     python benchmarks/bench_correspondences.py [--scenes 4] [--repeats 3] [--data data/world]
                                                [--resolutions world,scannet]
@@ -17,9 +20,11 @@ Writes results/benchmarks/correspondences.json and correspondences.md.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
 import platform
+import pstats
 import resource
 import statistics
 import sys
@@ -119,6 +124,29 @@ def _peak_rss_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def profile_pass(scenes: list[Scene], cfg: dict, dev, top: int = 12) -> dict:
+    """One ``process_scene`` pass over ``scenes`` under cProfile: the ``top`` functions by own time and the share
+    spent reading frames."""
+    prof = cProfile.Profile()
+    prof.enable()
+    for sc in scenes:
+        process_scene(sc, cfg, dev)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    prof.disable()
+    st = pstats.Stats(prof)
+    total = st.total_tt
+    rows = []
+    for (file, line, name), (_, calls, own, cum, _) in st.stats.items():
+        where = name if file == "~" else f"{Path(file).name}:{line}({name})"
+        rows.append({"function": where, "calls": calls, "own_seconds": own, "cumulative_seconds": cum})
+    read = sum(r["cumulative_seconds"] for r in rows if r["function"].endswith("(_read_frame)"))
+    rows.sort(key=lambda r: -r["own_seconds"])
+    return {"profiled_seconds": round(total, 4), "read_frames_share": round(read / total, 3),
+            "top_own_time": [{"function": r["function"], "calls": r["calls"],
+                              "share": round(r["own_seconds"] / total, 3)} for r in rows[:top]]}
+
+
 def measure(scenes: list[Scene], cfg: dict, dev, repeats: int) -> dict:
     for sc in scenes:  # warm-up: file cache, torch's lazy initialisation
         decode_only(sc, cfg)
@@ -138,6 +166,7 @@ def measure(scenes: list[Scene], cfg: dict, dev, repeats: int) -> dict:
             a, b = a + t1 - t0, b + t2 - t1
         decode_s.append(a)
         process_s.append(b)
+    profile = profile_pass(scenes, cfg, dev)
     rss_reset = _reset_peak_rss()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -165,6 +194,7 @@ def measure(scenes: list[Scene], cfg: dict, dev, repeats: int) -> dict:
         "peak_rss_reset": rss_reset,
         "cuda_peak_allocated_mib": (round(torch.cuda.max_memory_allocated(dev) / 2**20, 1) if dev.type == "cuda"
                                     else None),
+        "profile": profile,
         "scene_stats": [{k: s[k] for k in ("scene_id", "frames_total", "frames_kept", "skipped", "pairs", "points",
                                            "matches", "matches_per_pair", "self_matches_per_frame",
                                            "self_match_fraction_median")} for s in stats],
@@ -232,6 +262,16 @@ def main() -> None:
     row("peak resident set over the pass, MiB", "peak_rss_mib")
     if dev.type == "cuda":
         row("CUDA peak allocated, MiB", "cuda_peak_allocated_mib")
+    lines += ["", "## Where the time goes (one pass under cProfile)", "",
+              "Own time of the functions that take the most, as a share of the profiled pass (cProfile's per-call "
+              "cost inflates many small calls; shares, not seconds, are the figure). Reading frames "
+              "(`_read_frame`, cumulative: the decode floor (a)): "
+              + ", ".join(f"{n} {per_res[n]['profile']['read_frames_share']:.1%}" for n in names) + "."]
+    for n in names:
+        lines += ["", f"{n} ({per_res[n]['profile']['profiled_seconds']} s profiled):", "",
+                  "| function | calls | share of the pass |", "|---|---|---|"]
+        for r in per_res[n]["profile"]["top_own_time"]:
+            lines.append(f"| `{r['function']}` | {r['calls']} | {r['share']:.1%} |")
     for n in names:
         lines += ["", f"## {n}", "",
                   "| scene | frames kept / sampled | skipped | pairs | points | matches | matches per pair (median) |",
@@ -243,7 +283,7 @@ def main() -> None:
     write_text(out / "correspondences.md", "\n".join(lines) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "resolutions"}, indent=2))
     for n in names:
-        print(n, json.dumps({k: v for k, v in per_res[n].items() if k != "scene_stats"}))
+        print(n, json.dumps({k: v for k, v in per_res[n].items() if k not in ("scene_stats", "profile")}))
 
 
 if __name__ == "__main__":

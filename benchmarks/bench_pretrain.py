@@ -25,6 +25,14 @@ uses one intra-op thread, and so does this benchmark). Medians of --repeats.
    scaling is measured twice, at params.yaml's `num_matches` and at `--fixed-matches` (by default half the
    smallest size, fewer than any size offers, so every size draws the same number per frame), with the matches
    per frame of each row. The difference of the two is the part of an epoch that depends on the match count.
+   Each scaling run also fits ``seconds = a + b * points`` (least squares): ``a`` is the cost an epoch pays
+   whatever the cloud size (workers starting, per-step Python and kernel launches), ``b`` the cost per point; and
+   the cost per point between consecutive sizes, which stays level when epochs are linear and grows when a part
+   of the step is superlinear.
+4. The same scaling on clouds of ScanNet's size (``--dense-voxel``, default 0.025 m): the world's frames voxelized
+   at the default 10 cm hold a few hundred points (median ~670), far below ``max_points`` (20000), so the
+   fixed cost of a step dominates every size of 3.; correspondences of a generated world at a 2.5 cm voxel (as
+   ScanNet pipelines voxelize at 2-5 cm) give frames of ~3,000-14,000 points.
 
 Writes results/benchmarks/pretrain.json and pretrain.md.
 """
@@ -64,7 +72,8 @@ def _sync(dev: torch.device) -> None:
 
 
 def make_inputs(cfg: dict, root: Path) -> dict:
-    """A small world (params.yaml's resolution), its correspondences and features of a random CLIP."""
+    """A small world (params.yaml's resolution), its correspondences (``cfg``'s voxel size) and features of a
+    random CLIP."""
     from text4point import correspondences
     from text4point.clip import features
     from text4point.clip.load import build_model
@@ -283,8 +292,15 @@ def epoch_scaling(cfg: dict, paths: dict, repeats: int, sizes: list[int], num_ma
     slope = float(np.polyfit(x, y, 1)[0])
     # the upper half alone: fixed per-step costs (python, data) flatten the small sizes
     slope_top = float(np.polyfit(x[len(x) // 2 - 1:], y[len(y) // 2 - 1:], 1)[0])
+    n = np.array([r["points_per_epoch"] for r in rows], dtype=float)
+    t = np.array([r["epoch_seconds"] for r in rows], dtype=float)
+    b, a = np.polyfit(n, t, 1)  # seconds = a + b * points
+    marginal = [round(1e6 * float((t[i + 1] - t[i]) / (n[i + 1] - n[i])), 2) for i in range(len(n) - 1)]
     return {"num_matches": int(c["pretrain"]["num_matches"]), "rows": rows, "exponent": round(slope, 3),
-            "exponent_largest_three": round(slope_top, 3), "target": [0.9, 1.1], "in_target": 0.9 <= slope <= 1.1}
+            "exponent_largest_three": round(slope_top, 3), "target": [0.9, 1.1], "in_target": 0.9 <= slope <= 1.1,
+            "affine_fit": {"fixed_seconds": round(float(a), 3), "microseconds_per_point": round(1e6 * float(b), 2),
+                           "fixed_share_at_largest": round(float(a / t[-1]), 3)},
+            "marginal_microseconds_per_point": marginal}
 
 
 def main() -> None:
@@ -296,6 +312,8 @@ def main() -> None:
     ap.add_argument("--clip-checkpoint")
     ap.add_argument("--fixed-matches", type=int,
                     help="num_matches of the second scaling run (default: half the smallest size; 0: skip it)")
+    ap.add_argument("--dense-voxel", type=float, default=0.025,
+                    help="correspondence voxel (m) of the ScanNet-size scaling run's generated inputs (0: skip it)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["breakdown", "throughput", "scaling"])
     ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -339,6 +357,19 @@ def main() -> None:
             fixed = sizes[0] // 2 if args.fixed_matches is None else args.fixed_matches
             if fixed:
                 result["epoch_scaling_fixed_matches"] = epoch_scaling(cfg, paths, args.repeats, sizes, fixed)
+            if args.dense_voxel:
+                dcfg = copy.deepcopy(cfg)
+                dcfg["correspondences"]["voxel_size"] = args.dense_voxel
+                dpaths = make_inputs(dcfg, Path(tmp) / "dense")
+                dcfg["clip"]["pretrained"] = dpaths.pop("pretrained")
+                dense = {"voxel_size": args.dense_voxel, "inputs": "generated (1 clip, 2 train, 1 val scenes)",
+                         "frame_points": _frame_points(dcfg, dpaths)}
+                dsizes = scaling_sizes(dense["frame_points"])
+                dense["epoch_scaling"] = epoch_scaling(dcfg, dpaths, args.repeats, dsizes)
+                if fixed:
+                    dense["epoch_scaling_fixed_matches"] = epoch_scaling(dcfg, dpaths, args.repeats, dsizes,
+                                                                         dsizes[0] // 2)
+                result["dense"] = dense
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "pretrain.json", result)
@@ -416,24 +447,42 @@ def _markdown(r: dict) -> str:
         lines += ["", "Peak RSS is the whole process (Python, torch, open_clip imports: about 1.1 GB before any "
                       "step); the activation memory of a step is the 'saved for backward' column.", ""]
     if "epoch_scaling" in r:
-        lines += ["## Epoch time against cloud size (run_stage, 1 epoch)", ""]
-        runs = [r["epoch_scaling"]] + ([r["epoch_scaling_fixed_matches"]] if "epoch_scaling_fixed_matches" in r
-                                       else [])
-        for s in runs:
-            lines += [f"num_matches {s.get('num_matches', '(params.yaml)')}:", "",
-                      "| max_points | points per epoch | matches per frame | steps | epoch seconds |",
-                      "|---|---|---|---|---|"]
-            for row in s["rows"]:
-                lines.append(f"| {row['max_points']} | {row['points_per_epoch']} | {row.get('matches_per_frame', '')} "
-                             f"| {row['steps']} | {row['epoch_seconds']} |")
-            lines += ["", f"Fitted exponent (epoch seconds ~ points^k): k = {s['exponent']} (target 0.9-1.1: "
-                          f"{'met' if s['in_target'] else 'NOT met'}); over the three largest sizes k = "
-                          f"{s['exponent_largest_three']}.", ""]
-        if len(runs) == 2:
-            lines += ["Seconds of an epoch that depend on the match count (first run minus second), per size: "
-                      + ", ".join(f"{a['max_points']}: {a['epoch_seconds'] - b['epoch_seconds']:.2f}"
-                                  for a, b in zip(runs[0]["rows"], runs[1]["rows"])) + ".", ""]
+        lines += ["## Epoch time against cloud size (run_stage, 1 epoch)", ""] + _scaling_markdown(r)
+    if "dense" in r:
+        d, fp = r["dense"], r["dense"]["frame_points"]
+        lines += [f"## Epoch time against cloud size, ScanNet-size clouds ({d['voxel_size']} m voxel)", "",
+                  f"Inputs: {d['inputs']}, correspondences at a {d['voxel_size']} m voxel; train frames: "
+                  f"{fp['frames']}, points per frame median {fp['median']:.0f} (25th percentile {fp['p25']:.0f}, "
+                  f"{fp['min']}-{fp['max']}).", ""] + _scaling_markdown(d)
     return "\n".join(lines)
+
+
+def _scaling_markdown(r: dict) -> list[str]:
+    lines = []
+    runs = [r["epoch_scaling"]] + ([r["epoch_scaling_fixed_matches"]] if "epoch_scaling_fixed_matches" in r
+                                   else [])
+    for s in runs:
+        lines += [f"num_matches {s.get('num_matches', '(params.yaml)')}:", "",
+                  "| max_points | points per epoch | matches per frame | steps | epoch seconds |",
+                  "|---|---|---|---|---|"]
+        for row in s["rows"]:
+            lines.append(f"| {row['max_points']} | {row['points_per_epoch']} | {row.get('matches_per_frame', '')} "
+                         f"| {row['steps']} | {row['epoch_seconds']} |")
+        lines += ["", f"Fitted exponent (epoch seconds ~ points^k): k = {s['exponent']} (target 0.9-1.1: "
+                      f"{'met' if s['in_target'] else 'NOT met'}); over the three largest sizes k = "
+                      f"{s['exponent_largest_three']}."]
+        if "affine_fit" in s:
+            f = s["affine_fit"]
+            lines += [f"Affine fit: seconds = {f['fixed_seconds']} + {f['microseconds_per_point']} us x points "
+                      f"(the fixed part is {f['fixed_share_at_largest']:.0%} of the largest epoch); cost per "
+                      f"point between consecutive sizes: "
+                      + ", ".join(f"{v} us" for v in s["marginal_microseconds_per_point"]) + "."]
+        lines.append("")
+    if len(runs) == 2:
+        lines += ["Seconds of an epoch that depend on the match count (first run minus second), per size: "
+                  + ", ".join(f"{a['max_points']}: {a['epoch_seconds'] - b['epoch_seconds']:.2f}"
+                              for a, b in zip(runs[0]["rows"], runs[1]["rows"])) + ".", ""]
+    return lines
 
 
 if __name__ == "__main__":
