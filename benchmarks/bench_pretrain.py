@@ -62,6 +62,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from text4point import params as P  # noqa: E402
 from text4point.fsutil import write_json, write_text  # noqa: E402
 
+GENERATED = "generated (1 clip, 2 train, 1 val scenes)"  # make_inputs' world
 WIDTHS = (16, 32)
 BACKBONES = ("pointnet2", "point_transformer")
 
@@ -303,6 +304,17 @@ def epoch_scaling(cfg: dict, paths: dict, repeats: int, sizes: list[int], num_ma
             "marginal_microseconds_per_point": marginal}
 
 
+def scaling_runs(cfg: dict, paths: dict, frame_points: dict, repeats: int, fixed_matches: int | None) -> dict:
+    """``epoch_scaling`` at the sizes of ``frame_points``, at params.yaml's ``num_matches`` and (unless
+    ``fixed_matches`` is 0) at ``fixed_matches``, by default half the smallest size."""
+    sizes = scaling_sizes(frame_points)
+    runs = {"epoch_scaling": epoch_scaling(cfg, paths, repeats, sizes)}
+    fixed = sizes[0] // 2 if fixed_matches is None else fixed_matches
+    if fixed:
+        runs["epoch_scaling_fixed_matches"] = epoch_scaling(cfg, paths, repeats, sizes, fixed)
+    return runs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
@@ -338,7 +350,7 @@ def main() -> None:
             t0 = time.perf_counter()
             paths = make_inputs(cfg, Path(tmp))
             cfg["clip"]["pretrained"] = paths.pop("pretrained")
-            result["inputs"] = f"generated (1 clip, 2 train, 1 val scenes) in {time.perf_counter() - t0:.1f} s"
+            result["inputs"] = f"{GENERATED} in {time.perf_counter() - t0:.1f} s"
         from text4point.pretrain.data import FrameDataset  # noqa: F401 - import cost outside the timings
 
         frame_points = _frame_points(cfg, paths)
@@ -352,23 +364,15 @@ def main() -> None:
         if "throughput" not in args.skip:
             result["throughput"] = throughput(cfg, paths, args.steps, args.repeats)
         if "scaling" not in args.skip:
-            sizes = scaling_sizes(frame_points)
-            result["epoch_scaling"] = epoch_scaling(cfg, paths, args.repeats, sizes)
-            fixed = sizes[0] // 2 if args.fixed_matches is None else args.fixed_matches
-            if fixed:
-                result["epoch_scaling_fixed_matches"] = epoch_scaling(cfg, paths, args.repeats, sizes, fixed)
+            result.update(scaling_runs(cfg, paths, frame_points, args.repeats, args.fixed_matches))
             if args.dense_voxel:
                 dcfg = copy.deepcopy(cfg)
                 dcfg["correspondences"]["voxel_size"] = args.dense_voxel
                 dpaths = make_inputs(dcfg, Path(tmp) / "dense")
                 dcfg["clip"]["pretrained"] = dpaths.pop("pretrained")
-                dense = {"voxel_size": args.dense_voxel, "inputs": "generated (1 clip, 2 train, 1 val scenes)",
+                dense = {"voxel_size": args.dense_voxel, "inputs": GENERATED,
                          "frame_points": _frame_points(dcfg, dpaths)}
-                dsizes = scaling_sizes(dense["frame_points"])
-                dense["epoch_scaling"] = epoch_scaling(dcfg, dpaths, args.repeats, dsizes)
-                if fixed:
-                    dense["epoch_scaling_fixed_matches"] = epoch_scaling(dcfg, dpaths, args.repeats, dsizes,
-                                                                         dsizes[0] // 2)
+                dense.update(scaling_runs(dcfg, dpaths, dense["frame_points"], args.repeats, args.fixed_matches))
                 result["dense"] = dense
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -471,13 +475,11 @@ def _scaling_markdown(r: dict) -> list[str]:
         lines += ["", f"Fitted exponent (epoch seconds ~ points^k): k = {s['exponent']} (target 0.9-1.1: "
                       f"{'met' if s['in_target'] else 'NOT met'}); over the three largest sizes k = "
                       f"{s['exponent_largest_three']}."]
-        if "affine_fit" in s:
-            f = s["affine_fit"]
-            lines += [f"Affine fit: seconds = {f['fixed_seconds']} + {f['microseconds_per_point']} us x points "
-                      f"(the fixed part is {f['fixed_share_at_largest']:.0%} of the largest epoch); cost per "
-                      f"point between consecutive sizes: "
-                      + ", ".join(f"{v} us" for v in s["marginal_microseconds_per_point"]) + "."]
-        lines.append("")
+        f = s["affine_fit"]
+        lines += [f"Affine fit: seconds = {f['fixed_seconds']} + {f['microseconds_per_point']} us x points "
+                  f"(the fixed part is {f['fixed_share_at_largest']:.0%} of the largest epoch); cost per "
+                  f"point between consecutive sizes: "
+                  + ", ".join(f"{v} us" for v in s["marginal_microseconds_per_point"]) + ".", ""]
     if len(runs) == 2:
         lines += ["Seconds of an epoch that depend on the match count (first run minus second), per size: "
                   + ", ".join(f"{a['max_points']}: {a['epoch_seconds'] - b['epoch_seconds']:.2f}"
