@@ -149,5 +149,6 @@ def test_the_shipped_overlays_validate_on_top_of_params_yaml():
     assert cross["pretrain"]["cross_frame"] is False  # the overlay varies it; the default stays as measured
     long = validate(_merge(base, read_file(root / "configs" / "long.yaml")), source="configs/long.yaml")
     assert long["finetune"]["steps"] == 900 and long["finetune"]["seeds"] == base["finetune"]["seeds"]
+    assert long["finetune"]["batch_size"] == 16 and base["finetune"]["batch_size"] == 12  # long: as measured
     both = validate(_merge(long, read_file(root / "configs" / "convergence.yaml")), source="configs/convergence.yaml")
     assert params.variation(both, "steps_x3")["finetune"]["steps"] == 2700
